@@ -1,0 +1,205 @@
+"""T5.1.1 building blocks with T5X's parameter names, shapes and logical axis names.
+
+Every parameter is created through `nn.with_logical_partitioning`, so the partitioner can
+place it by its logical axes (`embed`, `mlp`, `joined_kv`, `vocab`, `heads`,
+`relpos_buckets`) and a T5X checkpoint maps onto this tree as an identity.
+"""
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from dsbs_jax.models.config import T5Config
+
+# Additive attention bias for masked positions: large enough to vanish in softmax, small
+# enough to stay finite in bfloat16 and after adding the relative position bias.
+MASK_BIAS = -1e10
+
+Initializer = Callable[..., jax.Array]
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """Name an activation's logical axes; a no-op unless axis rules are in scope."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: no mean subtraction, no bias, computed in float32."""
+
+    epsilon: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],)
+        )
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return (x * scale).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """A bias-free projection whose 2-D kernel carries two logical axis names."""
+
+    features: int
+    axes: tuple[str, str]
+    dtype: jnp.dtype
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.axes),
+            (x.shape[-1], self.features),
+        )
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+    """The shared token embedding (`token_embedder/embedding [vocab, embed]`)."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+        )
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+
+def relative_position_bucket(
+    relative_position: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+    """Mesh TensorFlow's bucketing of `key_position - query_position`.
+
+    Half the buckets hold exact small distances, the rest grow logarithmically up to
+    `max_distance`; a bidirectional table spends half its buckets on each direction.
+    """
+    bucket = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (relative_position > 0).astype(jnp.int32) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # Clamp before the log so that the unused branch never sees log(0).
+    scaled = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(
+        max_distance / max_exact
+    )
+    large = max_exact + (scaled * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """One learned bias per head and distance bucket, shared by all layers of a stack."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        """Positions are `[batch or 1, length]`; returns a float32 bias `[batch, heads, q, k]`."""
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                ("heads", "relpos_buckets"),
+            ),
+            (self.num_heads, self.num_buckets),
+        )
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
+        buckets = relative_position_bucket(
+            relative, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        return jnp.moveaxis(jnp.take(table, buckets, axis=1), 0, 1)
+
+
+class Attention(nn.Module):
+    """Multi-head dot-product attention with joined `[embed, heads * head_dim]` kernels.
+
+    Keys and values are laid out `[batch, heads, length, head_dim]`, so both the decoding
+    cache and the attention products read them without a transpose. As in T5, the logits
+    are not scaled by 1/sqrt(head_dim): that factor is folded into the query initialiser.
+    """
+
+    config: T5Config
+
+    def setup(self):
+        c = self.config
+        dtype = c.activation_dtype
+        query_init = nn.initializers.variance_scaling(1.0 / c.head_dim, "fan_in", "truncated_normal")
+        self.query = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype, query_init)
+        self.key = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype)
+        self.value = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype)
+        self.out = Dense(c.emb_dim, ("joined_kv", "embed"), dtype)
+        self.dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+
+    def split_heads(self, x: jax.Array) -> jax.Array:
+        batch, length, _ = x.shape
+        x = x.reshape(batch, length, self.config.num_heads, self.config.head_dim)
+        return constrain(x.transpose(0, 2, 1, 3), ("batch", "heads", "length", "kv"))
+
+    def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Project `x` to keys and values, each `[batch, heads, length, head_dim]`."""
+        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+
+    def attend(
+        self,
+        x: jax.Array,
+        keys: jax.Array,
+        values: jax.Array,
+        bias: jax.Array,
+        deterministic: bool,
+    ) -> jax.Array:
+        """Attend from `x [batch, q, embed]` to precomputed keys and values."""
+        query = self.split_heads(self.query(x))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", query, keys, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits + bias, axis=-1).astype(self.config.activation_dtype)
+        weights = self.dropout(weights, deterministic=deterministic)
+        y = jnp.einsum("bhqk,bhkd->bhqd", weights, values)
+        batch, _, length, _ = y.shape
+        y = y.transpose(0, 2, 1, 3).reshape(batch, length, self.config.joined_kv_dim)
+        return self.out(constrain(y, ("batch", "length", "joined_kv")))
+
+    def __call__(
+        self, x: jax.Array, context: jax.Array, bias: jax.Array, deterministic: bool
+    ) -> jax.Array:
+        return self.attend(x, *self.keys_values(context), bias, deterministic)
+
+
+class GatedMlp(nn.Module):
+    """T5.1.1's gated-GELU feed-forward block: `wo(gelu(wi_0 x) * wi_1 x)`."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.config
+        dtype = c.activation_dtype
+        gate = nn.gelu(Dense(c.mlp_dim, ("embed", "mlp"), dtype, name="wi_0")(x), approximate=True)
+        hidden = gate * Dense(c.mlp_dim, ("embed", "mlp"), dtype, name="wi_1")(x)
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        hidden = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic)
+        return Dense(c.emb_dim, ("mlp", "embed"), dtype, name="wo")(hidden)
+
+
+def attention_bias(mask: jax.Array) -> jax.Array:
+    """Turn a boolean `[batch, q, k]` mask into an additive float32 `[batch, 1, q, k]` bias."""
+    return jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)[:, None]
