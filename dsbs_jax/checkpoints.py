@@ -95,7 +95,9 @@ def check_params(config: T5Config, params: Params, source: str) -> Params:
             )
     extra = sorted("/".join(p) for p in flat.keys() - expected.keys())
     if extra:
-        raise CheckpointError(f"{source}: unexpected parameter {extra[0]} (and {len(extra) - 1} more)")
+        raise CheckpointError(
+            f"{source}: unexpected parameter {extra[0]} (and {len(extra) - 1} more)"
+        )
     return params
 
 
@@ -121,7 +123,10 @@ def _hf_names(config: T5Config) -> Iterator[tuple[ParamPath, str, bool]]:
         attentions = (
             [("attention", "SelfAttention")]
             if stack == "encoder"
-            else [("self_attention", "SelfAttention"), ("encoder_decoder_attention", "EncDecAttention")]
+            else [
+                ("self_attention", "SelfAttention"),
+                ("encoder_decoder_attention", "EncDecAttention"),
+            ]
         )
         for i in range(layers):
             ours, theirs = (stack, f"layers_{i}"), f"{stack}.block.{i}.layer"
@@ -203,7 +208,9 @@ def _read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
     )
 
 
-def _hf_output_head(hf: dict[str, Any], tensors: dict[str, np.ndarray], config: T5Config) -> np.ndarray:
+def _hf_output_head(
+    hf: dict[str, Any], tensors: dict[str, np.ndarray], config: T5Config
+) -> np.ndarray:
     """The `logits_dense` kernel: the HF `lm_head`, or the tied embedding, scaled as HF does.
 
     transformers 5.x writes T5.1.1's untied head as `tie_word_embeddings: true` with
@@ -343,8 +350,12 @@ def _config_from_params(flat: dict[ParamPath, np.ndarray]) -> T5Config:
         num_heads=heads,
         head_dim=joined // heads,
         mlp_dim=flat[("encoder", "layers_0", "mlp", "wi_0", "kernel")].shape[1],
-        num_encoder_layers=sum(1 for p in flat if p[0] == "encoder" and p[2:] == ("mlp", "wo", "kernel")),
-        num_decoder_layers=sum(1 for p in flat if p[0] == "decoder" and p[2:] == ("mlp", "wo", "kernel")),
+        num_encoder_layers=sum(
+            1 for p in flat if p[0] == "encoder" and p[2:] == ("mlp", "wo", "kernel")
+        ),
+        num_decoder_layers=sum(
+            1 for p in flat if p[0] == "decoder" and p[2:] == ("mlp", "wo", "kernel")
+        ),
         relative_attention_num_buckets=buckets,
     )
 
@@ -358,7 +369,9 @@ def load_t5x(file: epath.Path) -> tuple[T5Config, Params]:
     try:
         target = state["optimizer"]["target"]
     except (KeyError, TypeError):
-        raise CheckpointError(f"{file}: no optimizer/target parameter tree in the checkpoint") from None
+        raise CheckpointError(
+            f"{file}: no optimizer/target parameter tree in the checkpoint"
+        ) from None
     params = _resolve_t5x_arrays(target, file.parent)
     flat = traverse_util.flatten_dict(params)
     try:
@@ -392,7 +405,9 @@ def save_orbax(path: str | os.PathLike, config: T5Config, params: Params) -> Non
 
 def _latest_orbax_step(directory: epath.Path) -> epath.Path:
     """A checkpoint manager's directory holds numbered step dirs: take the newest."""
-    steps = [p for p in directory.iterdir() if p.name.isdigit() and (p / ORBAX_CONFIG_ITEM).exists()]
+    steps = [
+        p for p in directory.iterdir() if p.name.isdigit() and (p / ORBAX_CONFIG_ITEM).exists()
+    ]
     if not steps:
         raise CheckpointError(f"{directory}: no Orbax checkpoint steps found")
     return max(steps, key=lambda p: int(p.name))
@@ -425,15 +440,24 @@ def load_orbax(directory: epath.Path) -> tuple[T5Config, Params]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _looks_like_t5x_msgpack(file: epath.Path) -> bool:
+    """T5X's msgpack state is a map whose first keys include `optimizer`."""
+    with file.open("rb") as f:
+        head = f.read(4096)
+    return (
+        bool(head) and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)) and b"optimizer" in head
+    )
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """'hf', 't5x' or 'orbax', from the files at `path`."""
     path = epath.Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
-        if path.name == T5X_CHECKPOINT or path.name.startswith(T5X_CHECKPOINT):
+        if _looks_like_t5x_msgpack(path):
             return "t5x"
-        raise CheckpointError(f"{path}: unknown checkpoint format (a file, not a T5X 'checkpoint')")
+        raise CheckpointError(f"{path}: unknown checkpoint format (a file, but not a T5X msgpack)")
     if (path / HF_CONFIG).exists():
         return "hf"
     if (path / T5X_CHECKPOINT).is_file():

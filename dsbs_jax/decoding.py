@@ -77,8 +77,12 @@ def generate(
 )
 def _generate_jit(params, encoder_tokens, rng, *, config, max_length, method, num_beams, **options):
     if method == "beam":
-        return _beam_search(config, params, encoder_tokens, max_length, num_beams, options["length_penalty"])
-    sampler = None if method == "greedy" else functools.partial(_sample, **_sampling_options(options))
+        return _beam_search(
+            config, params, encoder_tokens, max_length, num_beams, options["length_penalty"]
+        )
+    sampler = (
+        None if method == "greedy" else functools.partial(_sample, **_sampling_options(options))
+    )
     return _greedy_or_sample(config, params, encoder_tokens, max_length, rng, sampler)
 
 
@@ -137,11 +141,7 @@ def _greedy_or_sample(config, params, encoder_tokens, max_length, rng, sampler):
         index, tokens, last, cache, done, rng = state
         logits, cache = decoder.step(last, index, cache)
         rng, step_rng = jax.random.split(rng)
-        if sampler is None:
-            next_token = jnp.argmax(logits, axis=-1)
-        else:
-            next_token = sampler(step_rng, logits)
-        next_token = jnp.where(done, PAD_ID, next_token).astype(jnp.int32)
+        next_token = jnp.where(done, PAD_ID, sampler(step_rng, logits)).astype(jnp.int32)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_token[:, None], index, 1)
         return index + 1, tokens, next_token, cache, done | (next_token == EOS_ID), rng
 
@@ -190,7 +190,9 @@ def _beam_search(config, params, encoder_tokens, max_length, num_beams, length_p
         cand_scores, cand_ids = jax.lax.top_k(total, candidates)
         cand_beams, cand_tokens = cand_ids // vocab, (cand_ids % vocab).astype(jnp.int32)
         cand_seqs = _gather_beams(seqs, cand_beams)
-        cand_seqs = jax.lax.dynamic_update_slice_in_dim(cand_seqs, cand_tokens[:, :, None], index, 2)
+        cand_seqs = jax.lax.dynamic_update_slice_in_dim(
+            cand_seqs, cand_tokens[:, :, None], index, 2
+        )
         hits_stop = (cand_tokens == EOS_ID) | (index + 1 >= max_length)
 
         running_scores = cand_scores + jnp.where(hits_stop, NEG_INF, 0.0)

@@ -144,7 +144,9 @@ class Attention(nn.Module):
     def setup(self):
         c = self.config
         dtype = c.activation_dtype
-        query_init = nn.initializers.variance_scaling(1.0 / c.head_dim, "fan_in", "truncated_normal")
+        query_init = nn.initializers.variance_scaling(
+            1.0 / c.head_dim, "fan_in", "truncated_normal"
+        )
         self.query = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype, query_init)
         self.key = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype)
         self.value = Dense(c.joined_kv_dim, ("embed", "joined_kv"), dtype)

@@ -46,7 +46,11 @@ def _same_segment(query_segments: jax.Array | None, key_segments: jax.Array | No
 
 def _maybe_remat(layer_cls: type[nn.Module], config: T5Config) -> type[nn.Module]:
     # static_argnums counts `self`: argument 3 of `(self, x, ..., deterministic)` layers below.
-    return nn.remat(layer_cls, static_argnums=(layer_cls.DETERMINISTIC_ARG,)) if config.remat else layer_cls
+    return (
+        nn.remat(layer_cls, static_argnums=(layer_cls.DETERMINISTIC_ARG,))
+        if config.remat
+        else layer_cls
+    )
 
 
 class EncoderLayer(nn.Module):
@@ -102,7 +106,9 @@ class DecoderLayer(nn.Module):
         attended = self.encoder_decoder_attention.attend(x, *cross, cross_bias, deterministic)
         y = y + self.dropout(attended, deterministic)
         x = self.pre_mlp_layer_norm(y)
-        return constrain(y + self.dropout(self.mlp(x, deterministic), deterministic), ACTIVATION_AXES)
+        return constrain(
+            y + self.dropout(self.mlp(x, deterministic), deterministic), ACTIVATION_AXES
+        )
 
     def cross_keys_values(self, encoded: jax.Array) -> KeysValues:
         return self.encoder_decoder_attention.keys_values(encoded)
@@ -120,7 +126,9 @@ class DecoderLayer(nn.Module):
         x = self.pre_self_attention_layer_norm(y)
         key, value = self.self_attention.keys_values(x)
         keys = jax.lax.dynamic_update_slice_in_dim(cache[0], key.astype(cache[0].dtype), index, 2)
-        values = jax.lax.dynamic_update_slice_in_dim(cache[1], value.astype(cache[1].dtype), index, 2)
+        values = jax.lax.dynamic_update_slice_in_dim(
+            cache[1], value.astype(cache[1].dtype), index, 2
+        )
         y = y + self.self_attention.attend(x, keys, values, self_bias, True)
         return self.cross_attend_and_mlp(y, cross, cross_bias, True), (keys, values)
 
@@ -195,7 +203,9 @@ class Decoder(nn.Module):
         self_bias = self.relpos_bias(positions, positions) + attention_bias(
             causal & _same_segment(segment_ids, segment_ids)
         )
-        cross_mask = (encoder_tokens > 0)[:, None, :] & _same_segment(segment_ids, encoder_segment_ids)
+        cross_mask = (encoder_tokens > 0)[:, None, :] & _same_segment(
+            segment_ids, encoder_segment_ids
+        )
         cross_bias = attention_bias(cross_mask)
         for layer in self.layers:
             y = layer(y, encoded, self_bias, cross_bias, deterministic)
@@ -260,7 +270,9 @@ class T5(nn.Module):
         decoder_positions: jax.Array | None = None,
         enable_dropout: bool = False,
     ) -> jax.Array:
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout
+        )
         return self.decoder(
             encoded,
             encoder_input_tokens,
