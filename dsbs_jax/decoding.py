@@ -80,14 +80,18 @@ def _generate_jit(params, encoder_tokens, rng, *, config, max_length, method, nu
         return _beam_search(
             config, params, encoder_tokens, max_length, num_beams, options["length_penalty"]
         )
-    sampler = (
-        None if method == "greedy" else functools.partial(_sample, **_sampling_options(options))
-    )
+    if method == "greedy":
+        sampler = _argmax
+    else:
+        sampler = functools.partial(
+            _sample, **{key: options[key] for key in ("temperature", "top_k", "top_p")}
+        )
     return _greedy_or_sample(config, params, encoder_tokens, max_length, rng, sampler)
 
 
-def _sampling_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {key: options[key] for key in ("temperature", "top_k", "top_p")}
+def _argmax(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    del rng  # greedy decoding shares the sampler's signature
+    return jnp.argmax(logits, axis=-1)
 
 
 class _Decoder:

@@ -1,0 +1,144 @@
+"""Helpers shared by the benchmarks: model sizes, one random model in JAX and PyTorch, timing.
+
+The comparisons are only fair if both frameworks run the same architecture with the same
+weights, so `build_models` initialises our Flax model once and hands exactly those weights to
+Hugging Face's `T5ForConditionalGeneration` through `dsbs_jax.checkpoints.save_hf`.
+"""
+
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from flax.linen import meta
+
+from dsbs_jax.checkpoints import hf_config_dict, save_hf
+from dsbs_jax.models import T5, T5Config
+
+Params = dict[str, Any]
+
+MACHINE = "2-core x86-64 CPU, 24 GiB, no GPU"
+
+SIZES: dict[str, T5Config] = {
+    # T5.1.1 small (gin/models/t5_1_1_small.gin).
+    "small": T5Config(
+        vocab_size=32128,
+        emb_dim=512,
+        num_heads=6,
+        head_dim=64,
+        mlp_dim=1024,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+    ),
+    # A few-second smoke-test size: checks that the script runs, says nothing about speed.
+    "tiny": T5Config(
+        vocab_size=512,
+        emb_dim=64,
+        num_heads=2,
+        head_dim=32,
+        mlp_dim=128,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    ),
+}
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout holds only the result line."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def setup_torch() -> None:
+    """Denormals are slow on x86 and a random model produces some: flush them, as asked."""
+    torch.set_flush_denormal(True)
+
+
+def random_tokens(seed: int, batch: int, length: int, vocab_size: int) -> np.ndarray:
+    """Token ids in [2, vocab): no padding (0) and no EOS (1), so every position counts."""
+    return np.random.default_rng(seed).integers(2, vocab_size, (batch, length), dtype=np.int32)
+
+
+def init_params(config: T5Config, seed: int = 0) -> Params:
+    """Random float32 params of our model, unboxed from their logical-partitioning wrappers."""
+    dummy = jnp.ones((1, 8), jnp.int32)
+    variables = jax.jit(T5(config).init)(jax.random.PRNGKey(seed), dummy, dummy)
+    return meta.unbox(variables)["params"]
+
+
+def hf_config(config: T5Config) -> transformers.T5Config:
+    """The Hugging Face config of the same architecture: T5.1.1 (gated-GELU, untied head)."""
+    fields = hf_config_dict(config) | {
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": False,
+        "dropout_rate": 0.0,
+    }
+    return transformers.T5Config(**fields)
+
+
+def to_hf(config: T5Config, params: Params) -> transformers.T5ForConditionalGeneration:
+    """Hugging Face's PyTorch model holding exactly `params`, passed through safetensors."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model")
+        save_hf(path, config, params)
+        model = transformers.T5ForConditionalGeneration.from_pretrained(
+            path, config=hf_config(config)
+        )
+    return model.eval()
+
+
+def build_models(
+    config: T5Config, seed: int = 0
+) -> tuple[Params, transformers.T5ForConditionalGeneration]:
+    """A random-init model as our params and as an HF PyTorch model with identical weights."""
+    params = init_params(config, seed)
+    return params, to_hf(config, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of the timed runs of one callable."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def __str__(self) -> str:
+        low, high = min(self.seconds), max(self.seconds)
+        return f"median {self.median:.3f} s of {len(self.seconds)}, range {low:.3f}-{high:.3f}"
+
+
+def time_in_turns(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> dict[str, Timing]:
+    """Warm each callable up `warmup` times, then time `runs` rounds, one call of each per round.
+
+    Taking turns rather than timing one callable after the other means that a burst of load
+    from other processes on a shared machine hits every contender alike. Each `fn` must finish
+    its work before returning: block on JAX results inside it.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+        latest = ", ".join(f"{name} {s[-1]:.3f} s" for name, s in seconds.items())
+        log(f"  round {i + 1}/{runs}: {latest}")
+    return {name: Timing(tuple(s)) for name, s in seconds.items()}
+
+
+def thread_counts() -> str:
+    """How many threads each framework may use (JAX's CPU backend uses one per core)."""
+    return f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
