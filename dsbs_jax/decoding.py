@@ -90,8 +90,12 @@ def _generate_jit(params, encoder_tokens, rng, *, config, max_length, method, nu
 
 
 def _argmax(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """The first index of the row maximum, as `jnp.argmax`, but as two plain reductions:
+    XLA's CPU argmax (a variadic reduce) took 2 ms per step for a 32128-token vocabulary."""
     del rng  # greedy decoding shares the sampler's signature
-    return jnp.argmax(logits, axis=-1)
+    vocab = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    is_max = logits == jnp.max(logits, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(is_max, vocab, logits.shape[-1]), axis=-1)
 
 
 class _Decoder:

@@ -12,9 +12,9 @@ from flax import linen as nn
 from dsbs_jax.models.config import T5Config
 from dsbs_jax.models.layers import (
     Attention,
-    Dense,
     Embed,
     GatedMlp,
+    Kernel,
     RelativePositionBias,
     RMSNorm,
     attention_bias,
@@ -63,7 +63,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
         c = self.config
         y = _norm(c, "pre_attention_layer_norm")(x)
-        y = Attention(c, name="attention")(y, y, bias, deterministic)
+        y = Attention(c, name="attention").self_attend(y, bias, deterministic)
         x = x + _dropout(c)(y, deterministic)
         y = _norm(c, "pre_mlp_layer_norm")(x)
         y = GatedMlp(c, name="mlp")(y, deterministic)
@@ -95,7 +95,8 @@ class DecoderLayer(nn.Module):
         deterministic: bool,
     ) -> jax.Array:
         x = self.pre_self_attention_layer_norm(y)
-        y = y + self.dropout(self.self_attention(x, x, self_bias, deterministic), deterministic)
+        attended = self.self_attention.self_attend(x, self_bias, deterministic)
+        y = y + self.dropout(attended, deterministic)
         cross = self.encoder_decoder_attention.keys_values(encoded)
         return self.cross_attend_and_mlp(y, cross, cross_bias, deterministic)
 
@@ -103,7 +104,7 @@ class DecoderLayer(nn.Module):
         self, y: jax.Array, cross: KeysValues, cross_bias: jax.Array, deterministic: bool
     ) -> jax.Array:
         x = self.pre_cross_attention_layer_norm(y)
-        attended = self.encoder_decoder_attention.attend(x, *cross, cross_bias, deterministic)
+        attended = self.encoder_decoder_attention.cross_attend(x, *cross, cross_bias, deterministic)
         y = y + self.dropout(attended, deterministic)
         x = self.pre_mlp_layer_norm(y)
         return constrain(
@@ -124,12 +125,12 @@ class DecoderLayer(nn.Module):
     ) -> tuple[jax.Array, KeysValues]:
         """Decode one position: write its key and value into the cache at `index`."""
         x = self.pre_self_attention_layer_norm(y)
-        key, value = self.self_attention.keys_values(x)
+        query, key, value = self.self_attention.queries_keys_values(x)
         keys = jax.lax.dynamic_update_slice_in_dim(cache[0], key.astype(cache[0].dtype), index, 2)
         values = jax.lax.dynamic_update_slice_in_dim(
             cache[1], value.astype(cache[1].dtype), index, 2
         )
-        y = y + self.self_attention.attend(x, keys, values, self_bias, True)
+        y = y + self.self_attention.attend(query, keys, values, self_bias, True)
         return self.cross_attend_and_mlp(y, cross, cross_bias, True), (keys, values)
 
 
@@ -179,12 +180,13 @@ class Decoder(nn.Module):
         self.layers = [layer_cls(c) for _ in range(c.num_decoder_layers)]
         self.decoder_norm = _norm(c)
         self.dropout = _dropout(c)
-        self.logits_dense = Dense(c.vocab_size, ("embed", "vocab"), jnp.float32)
+        self.logits_dense = Kernel((c.emb_dim, c.vocab_size), ("embed", "vocab"))
 
     def logits(self, y: jax.Array, deterministic: bool) -> jax.Array:
         """Final norm and the untied output projection; logits are float32."""
         y = self.dropout(self.decoder_norm(y), deterministic)
-        return constrain(self.logits_dense(y), ("batch", "length", "vocab"))
+        logits = jnp.dot(y.astype(jnp.float32), self.logits_dense())
+        return constrain(logits, ("batch", "length", "vocab"))
 
     def __call__(
         self,
