@@ -103,6 +103,9 @@ def build_models(
     return params, to_hf(config, params)
 
 
+SETTLE_SECONDS = 0.5
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Wall-clock seconds of the timed runs of one callable."""
@@ -122,7 +125,9 @@ def time_in_turns(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> 
     """Warm each callable up `warmup` times, then time `runs` rounds, one call of each per round.
 
     Taking turns rather than timing one callable after the other means that a burst of load
-    from other processes on a shared machine hits every contender alike. Each `fn` must finish
+    from other processes on a shared machine hits every contender alike. A pause before each
+    call lets the previous contender's worker threads (OpenMP spins after a parallel region)
+    go idle, so that they do not steal the cores of the one being timed. Each `fn` must finish
     its work before returning: block on JAX results inside it.
     """
     for fn in fns.values():
@@ -131,6 +136,7 @@ def time_in_turns(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> 
     seconds: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(runs):
         for name, fn in fns.items():
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             fn()
             seconds[name].append(time.perf_counter() - start)
