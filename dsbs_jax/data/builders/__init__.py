@@ -1,0 +1,46 @@
+"""TFDS builders for the paper's datasets and the synthetic default: `dsbs_{name}`."""
+
+import pathlib
+
+import tensorflow_datasets as tfds
+
+from dsbs_jax.data import synthetic
+from dsbs_jax.data.builders.base import ReleaseBuilder
+
+
+class DsbsCqa(ReleaseBuilder):
+    dataset = "cqa"
+
+
+class DsbsSvamp(ReleaseBuilder):
+    dataset = "svamp"
+
+
+class DsbsEsnli(ReleaseBuilder):
+    dataset = "esnli"
+
+
+class DsbsAnli1(ReleaseBuilder):
+    dataset = "anli1"
+
+
+class DsbsAsdiv(ReleaseBuilder):
+    dataset = "asdiv"
+
+
+class DsbsSynthetic(ReleaseBuilder):
+    """Generated word problems and a rule-based teacher: needs no manual dir."""
+
+    dataset = "synthetic"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = None
+
+    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+        directory = pathlib.Path(dl_manager.download_dir) / "synthetic_release"
+        synthetic.write_release(directory)
+        return directory
+
+
+BUILDERS = {
+    builder.dataset: builder
+    for builder in (DsbsCqa, DsbsSvamp, DsbsEsnli, DsbsAnli1, DsbsAsdiv, DsbsSynthetic)
+}

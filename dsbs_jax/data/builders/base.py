@@ -1,0 +1,79 @@
+"""A TFDS builder for one dataset in the paper's release layout (TFDS's manual-dir setup).
+
+Every dataset yields the same features, so that one set of SeqIO preprocessors serves all:
+`id`, `input` (the model input as the reference formats it), `label` (gold),
+`teacher_label`, `teacher_rationale`, `teacher_output` (raw) and `teacher_parsed`. A split
+whose files are absent from the manual dir is skipped with a warning.
+"""
+
+import abc
+import logging
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from dsbs_jax.data import release
+
+SPLITS = ("train", "validation", "test")
+FEATURES = tfds.features.FeaturesDict(
+    {
+        "id": tfds.features.Text(),
+        "input": tfds.features.Text(),
+        "label": tfds.features.Text(),
+        "teacher_label": tfds.features.Text(),
+        "teacher_rationale": tfds.features.Text(),
+        "teacher_output": tfds.features.Text(),
+        "teacher_parsed": tfds.features.Scalar(dtype=np.bool_),
+    }
+)
+
+
+class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Builds `dsbs_{dataset}` from `manual_dir/{dataset}/` as the paper's release lays it out."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "The paper's released data with parsed teacher outputs."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass --manual_dir: the folder that holds cqa/, svamp/, esnli/, anli1/ as in the "
+        "Distilling Step-by-Step release (datasets.zip of google-research/distilling-step-by-step)."
+    )
+
+    @property
+    @abc.abstractmethod
+    def dataset(self) -> str:
+        """The dataset's name in the release layout and in `release.SPECS`."""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=FEATURES,
+            supervised_keys=("input", "label"),
+            homepage="https://github.com/google-research/distilling-step-by-step",
+        )
+
+    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
+        return pathlib.Path(dl_manager.manual_dir)
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual_dir = self.release_dir(dl_manager)
+        splits = release.read_dataset(manual_dir, self.dataset)
+        for split in SPLITS:
+            if split not in splits:
+                logging.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)
+        return {split: self._generate_examples(examples) for split, examples in splits.items()}
+
+    def _generate_examples(self, examples: list[release.Example]) -> Iterator[tuple[str, dict]]:
+        for example in examples:
+            yield (
+                example.id,
+                {
+                    "id": example.id,
+                    "input": example.input,
+                    "label": example.label,
+                    "teacher_label": example.teacher_label,
+                    "teacher_rationale": example.teacher_rationale,
+                    "teacher_output": example.teacher_output,
+                    "teacher_parsed": example.teacher_parsed,
+                },
+            )

@@ -1,0 +1,127 @@
+"""Training batches for one or two tasks: paired (the reference's way) or independent.
+
+Paired: each step's label batch and rationale batch are built from the same examples in
+the same order, as the reference builds both from one batch of examples. Both sides read
+the same source split with the same seeded shuffle, apply their own task's preprocessors
+(one output per input, so the order is kept) and go through SeqIO's
+`EncDecFeatureConverter` unpacked. A fingerprint of each example's id travels with it
+(`example_hash`), and every batch is checked for alignment.
+
+Independent: each task or mixture is sampled on its own by `seqio.get_dataset`, packed or
+padded; this is the mode for mixtures of datasets.
+
+Either way the stream is deterministic for a seed, per-host (`seqio.ShardInfo`), and
+restartable: `start_step` skips the batches already consumed, so a resumed run sees
+exactly the batches an uninterrupted run sees.
+"""
+
+from collections.abc import Mapping
+
+import seqio
+import tensorflow as tf
+
+EXAMPLE_HASH = "example_hash"
+SHUFFLE_BUFFER = 10_000
+Lengths = Mapping[str, int]
+
+
+def example_hash(example_id: tf.Tensor) -> tf.Tensor:
+    """A 62-bit fingerprint of an example id (strings cannot be padded into batches)."""
+    return tf.strings.to_hash_bucket_fast(example_id, 2**62)
+
+
+def _views(
+    task: seqio.Task,
+    split: str,
+    lengths: Lengths,
+    seed: int,
+    shard: seqio.ShardInfo | None,
+    shuffle: bool,
+    num_epochs: int | None,
+) -> tf.data.Dataset:
+    """The task's preprocessed examples over a seeded, shared order of the source."""
+    dataset = task.source.get_dataset(split, shuffle=False, shard_info=shard)
+    if shuffle:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat(num_epochs)
+    dataset = task.preprocess_precache(dataset, seed=seed)
+    dataset = task.preprocess_postcache(dataset, sequence_length=lengths, seed=seed)
+    return dataset.map(
+        lambda ex: {
+            "inputs": ex["inputs"],
+            "targets": ex["targets"],
+            EXAMPLE_HASH: example_hash(ex["id"])[None],
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _check_aligned(batch: dict) -> dict:
+    hashes = [side[EXAMPLE_HASH] for side in batch.values()]
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_equal(h, hashes[0], message="paired batches lost alignment")
+            for h in hashes[1:]
+        ]
+    ):
+        return {name: dict(side) for name, side in batch.items()}
+
+
+def paired_batches(
+    tasks: Mapping[str, tuple[str, Lengths]],
+    split: str,
+    batch_size: int,
+    seed: int = 0,
+    shard: seqio.ShardInfo | None = None,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """Per step `{side: features}` for `tasks = {side: (task name, feature lengths)}`, all
+    sides built from the same `batch_size` examples in the same order.
+
+    Every task must keep the same examples of `split` (the dsbs tasks of one dataset do on
+    `train`, where the source keeps only parsed teacher outputs); otherwise the alignment
+    check fails.
+    """
+    converter = seqio.EncDecFeatureConverter(
+        pack=False,
+        passthrough_features={EXAMPLE_HASH: seqio.FeatureConverter.FeatureSpec(tf.int64, rank=1)},
+    )
+    sides = {}
+    for side, (task_name, lengths) in tasks.items():
+        task = seqio.get_mixture_or_task(task_name)
+        if not isinstance(task, seqio.Task):
+            raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
+        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs)
+        converted = converter(views, {**lengths, EXAMPLE_HASH: 1})
+        sides[side] = converted.batch(batch_size, drop_remainder=True)
+    batches = tf.data.Dataset.zip(sides).map(_check_aligned)
+    return batches.skip(start_step).prefetch(tf.data.AUTOTUNE)
+
+
+def independent_batches(
+    tasks: Mapping[str, tuple[str, Lengths]],
+    split: str,
+    batch_size: int,
+    seed: int = 0,
+    shard: seqio.ShardInfo | None = None,
+    pack: bool = True,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """Per step `{side: features}`, each side a task or mixture sampled independently."""
+    sides = {}
+    for index, (side, (name, lengths)) in enumerate(sorted(tasks.items())):
+        dataset = seqio.get_dataset(
+            name,
+            task_feature_lengths=dict(lengths),
+            dataset_split=split,
+            shuffle=True,
+            num_epochs=None,
+            seed=seed + index,
+            shard_info=shard,
+            feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        )
+        sides[side] = dataset.batch(batch_size, drop_remainder=True)
+    return tf.data.Dataset.zip(sides).skip(start_step).prefetch(tf.data.AUTOTUNE)

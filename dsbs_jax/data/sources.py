@@ -1,0 +1,49 @@
+"""The SeqIO data source of a dsbs dataset: its TFDS splits, with the training split
+restricted to the examples every method trains on."""
+
+import seqio
+import tensorflow as tf
+
+from dsbs_jax.data.preprocessors import keep_parsed
+
+_HASH_BUCKETS = 2**30
+
+
+class DsbsSource(seqio.TfdsDataSource):
+    """A TFDS source whose `train` split keeps only examples with a parsed teacher output,
+    subsampled to `train_fraction` by a keyed hash of the example id.
+
+    Filtering here, rather than in each task, gives every task of a dataset (label,
+    rationale, chain of thought; gold or teacher labels) the same training examples, so
+    methods compare on equal data and label/rationale batches can be paired. The hash
+    depends only on the id and `subsample_seed`: the subset is the same on every host and
+    in every run with that seed, whatever the read order.
+    """
+
+    def __init__(
+        self,
+        tfds_name: str,
+        tfds_data_dir: str | None = None,
+        train_fraction: float = 1.0,
+        subsample_seed: int = 0,
+    ):
+        if not 0.0 < train_fraction <= 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        super().__init__(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir)
+        self.train_fraction = train_fraction
+        self.subsample_seed = subsample_seed
+
+    def in_subsample(self, example_id: tf.Tensor) -> tf.Tensor:
+        bucket = tf.strings.to_hash_bucket_strong(
+            example_id, _HASH_BUCKETS, key=[self.subsample_seed, 0x5EED]
+        )
+        return bucket < int(self.train_fraction * _HASH_BUCKETS)
+
+    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
+        dataset = super().get_dataset(split, *args, **kwargs)
+        if split != "train":
+            return dataset
+        dataset = keep_parsed(dataset)
+        if self.train_fraction < 1.0:
+            dataset = dataset.filter(lambda example: self.in_subsample(example["id"]))
+        return dataset

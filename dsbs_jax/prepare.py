@@ -1,0 +1,113 @@
+"""`dsbs-prepare`: build the TFDS datasets from the paper's release layout, and report.
+
+    dsbs-prepare --dataset cqa|svamp|esnli|anli1|asdiv|synthetic|all \
+        --manual_dir DIR --data_dir DIR
+
+Builds each dataset (TFDS skips one that is already built, so re-running is cheap), trains
+the synthetic dataset's own SentencePiece vocabulary, and prints per split the rows, the
+teacher outputs that did not parse, and the teacher's label accuracy against gold. `all`
+builds every dataset whose folder is in the manual dir, and the synthetic one.
+"""
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from dsbs_jax.data import release, synthetic
+from dsbs_jax.data.builders import BUILDERS
+
+SYNTHETIC = "synthetic"
+
+
+def build(
+    dataset: str, manual_dir: pathlib.Path | None, data_dir: pathlib.Path
+) -> tfds.core.DatasetBuilder:
+    """Build one dataset (a no-op when already built); return its builder."""
+    if dataset != SYNTHETIC and (manual_dir is None or not (manual_dir / dataset).is_dir()):
+        raise release.ReleaseError(
+            f"{dataset}: no folder {dataset}/ in the manual dir {manual_dir}"
+        )
+    builder = BUILDERS[dataset](data_dir=str(data_dir))
+    config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+    builder.download_and_prepare(download_config=config)
+    if dataset == SYNTHETIC:
+        vocabulary = data_dir / builder.name / "sentencepiece.model"
+        if not vocabulary.exists():
+            synthetic.train_vocabulary(_texts(builder), vocabulary)
+    return builder
+
+
+def _examples(builder: tfds.core.DatasetBuilder, split: str) -> list[release.Example]:
+    def text(value: np.ndarray | bytes) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return [
+        release.Example(
+            id=text(row["id"]),
+            input=text(row["input"]),
+            label=text(row["label"]),
+            teacher_output=text(row["teacher_output"]),
+            teacher_rationale=text(row["teacher_rationale"]),
+            teacher_label=text(row["teacher_label"]),
+            teacher_parsed=bool(row["teacher_parsed"]),
+        )
+        for row in tfds.as_numpy(builder.as_dataset(split=split))
+    ]
+
+
+def _texts(builder: tfds.core.DatasetBuilder) -> list[str]:
+    rows = _examples(builder, "train")
+    return [e.input for e in rows] + [e.teacher_output for e in rows]
+
+
+def summary_rows(builder: tfds.core.DatasetBuilder, dataset: str) -> list[dict]:
+    """One row per built split: rows, parse failures and teacher accuracy (from the data)."""
+    return [
+        {
+            "dataset": dataset,
+            "split": split,
+            **release.split_summary(_examples(builder, split), dataset),
+        }
+        for split in builder.info.splits
+    ]
+
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'dataset':<10} {'split':<11} {'rows':>7} {'unparsed':>9} {'teacher correct':>22}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        correct = f"{r['teacher_correct']:,} / {r['rows']:,} ({r['teacher_accuracy']:.1%})"
+        name = f"{r['dataset']:<10} {r['split']:<11}"
+        lines.append(f"{name} {r['rows']:>7,} {r['parse_failures']:>9,} {correct:>22}")
+    return "\n".join(lines)
+
+
+def requested(dataset: str, manual_dir: pathlib.Path | None) -> list[str]:
+    if dataset != "all":
+        return [dataset]
+    present = [d for d in BUILDERS if d != SYNTHETIC and manual_dir and (manual_dir / d).is_dir()]
+    return [*present, SYNTHETIC]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dsbs-prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, choices=[*BUILDERS, "all"])
+    parser.add_argument("--manual_dir", type=pathlib.Path, help="the release layout's folder")
+    parser.add_argument("--data_dir", type=pathlib.Path, required=True, help="TFDS data dir")
+    args = parser.parse_args(argv)
+    rows = []
+    try:
+        for dataset in requested(args.dataset, args.manual_dir):
+            rows += summary_rows(build(dataset, args.manual_dir, args.data_dir), dataset)
+    except release.ReleaseError as error:
+        print(f"dsbs-prepare: {error}", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Registers every dataset's SeqIO tasks and the mixtures over them.
+
+`import tasks` registers them with defaults; `register(...)` registers them again with
+other settings (a data dir, a vocabulary, a training fraction), replacing the old ones.
+The binaries call it with their gin bindings.
+"""
+
+import functools
+import os
+from collections.abc import Sequence
+
+import seqio
+
+from dsbs_jax.data import metrics
+from dsbs_jax.data.preprocessors import tokenize, view_preprocessors
+from dsbs_jax.data.sources import DsbsSource
+from tasks import anli1, cqa, esnli, svamp, synthetic
+from tasks.naming import mixture_name, task_name
+from tasks.spec import OWN_VOCABULARY, DatasetTasks
+
+# T5's SentencePiece model, as T5X's configs name it; users pass a local copy.
+DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+DATASETS: list[DatasetTasks] = [cqa.TASKS, svamp.TASKS, esnli.TASKS, anli1.TASKS, synthetic.TASKS]
+
+
+def default_data_dir() -> str:
+    """TFDS's default: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def answer_after_phrase(text: str, phrase: str) -> str:
+    """The label a chain-of-thought output states: after the last answer phrase, no final '.'."""
+    answer = text.rpartition(phrase)[2] if phrase in text else ""
+    return answer.strip().removesuffix(".").strip()
+
+
+def _cot_postprocess(output: str, phrase: str, example=None, is_target: bool = False) -> str:
+    del example, is_target  # targets and predictions are read the same way
+    return answer_after_phrase(output, phrase)
+
+
+def register_dataset(
+    spec: DatasetTasks,
+    vocabulary: seqio.Vocabulary,
+    data_dir: str | None = None,
+    train_fraction: float = 1.0,
+    subsample_seed: int = 0,
+) -> list[str]:
+    """Register `spec`'s label, rationale and chain-of-thought tasks; returns their names."""
+    source = DsbsSource(spec.tfds_name + ":1.0.0", data_dir, train_fraction, subsample_seed)
+    features = {
+        "inputs": seqio.Feature(vocabulary, add_eos=True),
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+    }
+    cot_postprocess = functools.partial(_cot_postprocess, phrase=spec.answer_phrase)
+    tasks = [
+        *[("label", s, spec.label_metrics, None) for s in ("gt", "llm")],
+        ("rationale", None, [metrics.rouge_l], None),
+        *[("cot", s, spec.label_metrics, cot_postprocess) for s in ("gt", "llm")],
+    ]
+    names = []
+    for kind, label_source, metric_fns, postprocess_fn in tasks:
+        name = task_name(spec.name, kind, label_source)
+        seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(
+            name,
+            source=source,
+            preprocessors=[
+                *view_preprocessors(kind, label_source, spec.answer_phrase),
+                tokenize,
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+            output_features=features,
+            metric_fns=list(metric_fns),
+            postprocess_fn=postprocess_fn,
+        )
+        names.append(name)
+    return names
+
+
+def register(
+    data_dir: str | None = None,
+    vocabulary_path: str = DEFAULT_VOCABULARY,
+    train_fraction: float = 1.0,
+    subsample_seed: int = 0,
+    datasets: Sequence[DatasetTasks] = DATASETS,
+) -> list[str]:
+    """Register all datasets' tasks, then the mixtures over those sharing T5's vocabulary."""
+    data_dir = data_dir or default_data_dir()
+    names, mixed = [], []
+    for spec in datasets:
+        vocabulary = seqio.SentencePieceVocabulary(spec.vocabulary_file(data_dir, vocabulary_path))
+        names += register_dataset(spec, vocabulary, data_dir, train_fraction, subsample_seed)
+        if spec.vocabulary != OWN_VOCABULARY:
+            mixed.append(spec.name)
+    for kind, source in (("label", "gt"), ("label", "llm"), ("rationale", None)):
+        name = mixture_name(kind, source)
+        seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(
+            name, [task_name(d, kind, source) for d in mixed], default_rate=1.0
+        )
+        names.append(name)
+    return names
