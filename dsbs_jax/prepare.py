@@ -86,9 +86,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def requested(dataset: str, manual_dir: pathlib.Path | None) -> list[str]:
+    """The datasets to build; `all` with a manual dir must find at least one in it."""
     if dataset != "all":
         return [dataset]
-    present = [d for d in BUILDERS if d != SYNTHETIC and manual_dir and (manual_dir / d).is_dir()]
+    if manual_dir is None:
+        return [SYNTHETIC]
+    present = [d for d in BUILDERS if d != SYNTHETIC and (manual_dir / d).is_dir()]
+    if not present:
+        names = ", ".join(d for d in BUILDERS if d != SYNTHETIC)
+        raise release.ReleaseError(f"{manual_dir}: no dataset folder ({names}) in the manual dir")
     return [*present, SYNTHETIC]
 
 

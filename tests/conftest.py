@@ -17,3 +17,55 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.exists():
         pytest.fail(f"{SHARED} is missing: tests read the fixtures and datasets from ../shared")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(shared_dir, tmp_path_factory) -> pathlib.Path:
+    """Every dataset built once from ../shared/datasets (and the synthetic one), by dsbs-prepare."""
+    from dsbs_jax import prepare
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    manual_dir = shared_dir / "datasets"
+    assert (
+        prepare.main(
+            ["--dataset", "all", "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)]
+        )
+        == 0
+    )
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def small_vocabulary(shared_dir, tmp_path_factory) -> str:
+    """A 2,000-piece SentencePiece model trained on the release text, standing in for T5's."""
+    import sentencepiece
+
+    from dsbs_jax.data import release
+
+    texts = []
+    for dataset in ("cqa", "svamp", "esnli", "anli1"):
+        for examples in release.read_dataset(shared_dir / "datasets", dataset).values():
+            texts += [e.input for e in examples[:300]] + [e.teacher_output for e in examples[:300]]
+    directory = tmp_path_factory.mktemp("vocabulary")
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(t.replace("\n", " ") for t in texts))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "spm"),
+        vocab_size=2000,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return str(directory / "spm.model")
+
+
+@pytest.fixture(scope="session")
+def registered_tasks(tfds_data_dir, small_vocabulary) -> list[str]:
+    import tasks
+
+    return tasks.register(data_dir=str(tfds_data_dir), vocabulary_path=small_vocabulary)

@@ -3,6 +3,7 @@ restricted to the examples every method trains on."""
 
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from dsbs_jax.data.preprocessors import keep_parsed
 
@@ -39,8 +40,23 @@ class DsbsSource(seqio.TfdsDataSource):
         )
         return bucket < int(self.train_fraction * _HASH_BUCKETS)
 
-    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
-        dataset = super().get_dataset(split, *args, **kwargs)
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        **kwargs,
+    ) -> tf.data.Dataset:
+        """The split, or one host's even part of it (`shard_info`), filtered as above.
+
+        A host reads an even sub-split (TFDS's `even_splits`) rather than a share of the
+        files: these datasets are small and often one file per split.
+        """
+        read = split
+        if shard_info is not None:
+            read = tfds.even_splits(split, n=shard_info.num_shards)[shard_info.index]
+        dataset = super().get_dataset(read, shuffle, seed, None, **kwargs)
         if split != "train":
             return dataset
         dataset = keep_parsed(dataset)
