@@ -14,32 +14,21 @@ import pathlib
 import tempfile
 import time
 
-import sentencepiece
 from common import log
 
 import tasks
 from dsbs_jax import prepare
-from dsbs_jax.data import pairing, release
+from dsbs_jax.data import pairing, release, vocabulary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def stand_in_vocabulary(manual_dir: pathlib.Path, directory: pathlib.Path) -> str:
     examples = release.read_split(manual_dir, "cqa", "train")
-    corpus = directory / "corpus.txt"
     texts = [e.input for e in examples] + [e.teacher_output for e in examples]
-    corpus.write_text("\n".join(t.replace("\n", " ") for t in texts))
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(directory / "spm"),
-        vocab_size=8000,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    return str(directory / "spm.model")
+    path = directory / "spm.model"
+    path.write_bytes(vocabulary.train_sentencepiece(texts, vocab_size=8000))
+    return str(path)
 
 
 def main() -> None:

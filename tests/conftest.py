@@ -38,30 +38,15 @@ def tfds_data_dir(shared_dir, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def small_vocabulary(shared_dir, tmp_path_factory) -> str:
     """A 2,000-piece SentencePiece model trained on the release text, standing in for T5's."""
-    import sentencepiece
-
-    from dsbs_jax.data import release
+    from dsbs_jax.data import release, vocabulary
 
     texts = []
     for dataset in ("cqa", "svamp", "esnli", "anli1"):
         for examples in release.read_dataset(shared_dir / "datasets", dataset).values():
             texts += [e.input for e in examples[:300]] + [e.teacher_output for e in examples[:300]]
-    directory = tmp_path_factory.mktemp("vocabulary")
-    corpus = directory / "corpus.txt"
-    corpus.write_text("\n".join(t.replace("\n", " ") for t in texts))
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(directory / "spm"),
-        vocab_size=2000,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return str(directory / "spm.model")
+    path = tmp_path_factory.mktemp("vocabulary") / "spm.model"
+    path.write_bytes(vocabulary.train_sentencepiece(texts, vocab_size=2000))
+    return str(path)
 
 
 @pytest.fixture(scope="session")

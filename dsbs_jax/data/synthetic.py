@@ -14,7 +14,6 @@ the seed. Pure Python, numpy and sentencepiece: no TensorFlow.
 
 import collections
 import dataclasses
-import io
 import json
 import math
 import os
@@ -22,7 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
+
+from dsbs_jax.data import vocabulary
 
 NAME = "synthetic"
 SPLITS = ("train", "validation", "test")
@@ -459,42 +459,16 @@ def _release_texts(manual_dir: Path) -> Iterator[str]:
 def train_vocabulary(
     manual_dir_or_texts: Path | Iterable[str], model_path: Path, vocab_size: int = 256
 ) -> Path:
-    """Train a SentencePiece unigram model on the release in a manual dir (a path), or on texts.
-
-    T5's conventions (pad 0, eos 1, unk 2, no bos), so the model and SeqIO use it as they
-    would T5's. Full character coverage makes every character seen in training encode, and
-    digits are split so every number is spelled digit by digit. Pieces may span scripts:
-    sentencepiece only seeds pieces whose continuations vary, so "predict" (always followed
-    by ":") or "apples" (often by ".") would otherwise never become single pieces.
-    `vocab_size` is an upper bound, so the model's embedding can be sized from it: templated
-    text has few distinct words (the default release gives about 190 pieces). One thread:
-    the same texts always give the same model bytes.
-    """
+    """Train the synthetic data's SentencePiece model on the release in a manual dir (a
+    path), or on texts, plus the task prefixes and answer marker so they encode compactly.
+    The default release gives about 190 pieces: `vocab_size` is only an upper bound."""
     texts = (
         _release_texts(manual_dir_or_texts)
         if isinstance(manual_dir_or_texts, str | os.PathLike)
         else manual_dir_or_texts
     )
-    sentences = [line for text in texts for line in text.splitlines() if line.strip()]
-    sentences += [*TASK_PREFIXES, ANSWER_MARKER]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        model_type="unigram",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        split_digits=True,
-        split_by_unicode_script=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
+    model = vocabulary.train_sentencepiece([*texts, *TASK_PREFIXES, ANSWER_MARKER], vocab_size)
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(model_path, model.getvalue())
+    _write_atomically(model_path, model)
     return model_path
