@@ -106,7 +106,7 @@ def check_params(config: T5Config, params: Params, source: str) -> Params:
 # ---------------------------------------------------------------------------------------------
 
 
-def _hf_names(config: T5Config) -> Iterator[tuple[ParamPath, str, bool]]:
+def hf_parameter_names(config: T5Config) -> Iterator[tuple[ParamPath, str, bool]]:
     """(T5X path, HF name, transpose?) for every parameter except the output head."""
     yield ("token_embedder", "embedding"), "shared.weight", False
     hf_proj = {"query": "q", "key": "k", "value": "v", "out": "o"}
@@ -237,7 +237,7 @@ def load_hf(directory: epath.Path) -> tuple[T5Config, Params]:
     config = config_from_hf(hf, str(config_file))
     tensors = _read_hf_tensors(directory)
     flat = {}
-    for path, name, transpose in _hf_names(config):
+    for path, name, transpose in hf_parameter_names(config):
         if name not in tensors:
             raise CheckpointError(f"{directory}: tensor {name} is missing")
         array = np.asarray(tensors[name], np.float32)
@@ -282,7 +282,7 @@ def save_hf(path: str | os.PathLike, config: T5Config, params: Params) -> None:
     check_params(config, params, "params")
     flat = traverse_util.flatten_dict(params)
     tensors = {}
-    for param_path, name, transpose in _hf_names(config):
+    for param_path, name, transpose in hf_parameter_names(config):
         array = np.asarray(flat[param_path], np.float32)
         tensors[name] = np.ascontiguousarray(array.T if transpose else array)
     tensors["lm_head.weight"] = np.ascontiguousarray(

@@ -159,3 +159,47 @@ def test_dropout_only_when_enabled():
     )
     on = [_loss_and_grads(config, params, enc, dec, dropout_seed=s)[0] for s in (1, 1, 2)]
     assert on[0] == on[1] and on[0] != on[2]
+
+
+def test_gradients_match_hf(tmp_path):
+    """The hand-written projection backward (layers.project) against PyTorch autograd."""
+    import torch
+
+    from dsbs_jax import checkpoints
+
+    hf = make_hf_t5(seed=7, num_decoder_layers=3, d_kv=6)
+    config, params = save_and_load(hf, tmp_path)
+    encoder, decoder = random_batch(8, 3, 12, 9, config.vocab_size, pad_from=(12, 7, 12))
+    targets = np.roll(decoder, -1, axis=1)
+
+    def loss(p):
+        logits = T5(config).apply({"params": p}, encoder, decoder)
+        return jnp.mean(
+            jax.nn.logsumexp(logits, -1)
+            - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+        )
+
+    ours = traverse_util.flatten_dict(jax.grad(loss)(params))
+    logits = hf(
+        input_ids=torch.tensor(encoder),
+        attention_mask=torch.tensor(encoder > 0),
+        decoder_input_ids=torch.tensor(decoder),
+    ).logits
+    torch.nn.functional.cross_entropy(
+        logits.reshape(-1, config.vocab_size), torch.tensor(targets).reshape(-1)
+    ).backward()
+    theirs = {name: p.grad.numpy() for name, p in hf.named_parameters()}
+    pairs = [
+        (path, theirs[name].T if transpose else theirs[name])
+        for path, name, transpose in checkpoints.hf_parameter_names(config)
+    ]
+    pairs.append((("decoder", "logits_dense", "kernel"), theirs["lm_head.weight"].T))
+    assert len(pairs) == len(ours)
+    for path, expected in pairs:
+        np.testing.assert_allclose(
+            ours[path],
+            expected,
+            rtol=1e-4,
+            atol=1e-5 * np.abs(expected).max(),
+            err_msg="/".join(path),
+        )

@@ -19,6 +19,7 @@ from dsbs_jax.models.layers import (
     RMSNorm,
     attention_bias,
     constrain,
+    project,
 )
 
 ACTIVATION_AXES = ("batch", "length", "embed")
@@ -185,7 +186,7 @@ class Decoder(nn.Module):
     def logits(self, y: jax.Array, deterministic: bool) -> jax.Array:
         """Final norm and the untied output projection; logits are float32."""
         y = self.dropout(self.decoder_norm(y), deterministic)
-        logits = jnp.dot(y.astype(jnp.float32), self.logits_dense())
+        (logits,) = project(y, [self.logits_dense()], jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"))
 
     def __call__(
