@@ -9,6 +9,7 @@ directory that `transformers.T5ForConditionalGeneration.from_pretrained` loads.
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -95,9 +96,7 @@ def check_params(config: T5Config, params: Params, source: str) -> Params:
             )
     extra = sorted("/".join(p) for p in flat.keys() - expected.keys())
     if extra:
-        raise CheckpointError(
-            f"{source}: unexpected parameter {extra[0]} (and {len(extra) - 1} more)"
-        )
+        raise CheckpointError(f"{source}: unexpected parameters {', '.join(extra[:3])}")
     return params
 
 
@@ -168,12 +167,14 @@ def config_from_hf(hf: dict[str, Any], source: str) -> T5Config:
 
 
 def _read_safetensors(file: epath.Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    """Every tensor as float32, one at a time (bfloat16 files included, which numpy lacks)."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load(file.read_bytes())
-    except (SafetensorError, ValueError) as error:
+        with safe_open(str(file), framework="flax") as tensors:
+            names = tensors.keys()
+            return {name: np.asarray(tensors.get_tensor(name), np.float32) for name in names}
+    except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from None
 
 
@@ -195,9 +196,15 @@ def _read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
     if (directory / HF_SAFETENSORS).exists():
         return _read_safetensors(directory / HF_SAFETENSORS)
     if (directory / HF_SAFETENSORS_INDEX).exists():
-        index = json.loads((directory / HF_SAFETENSORS_INDEX).read_text())
+        index_file = directory / HF_SAFETENSORS_INDEX
+        try:
+            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{index_file}: expected JSON with a weight_map") from None
         tensors = {}
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in shards:
+            if not (directory / shard).exists():
+                raise CheckpointError(f"{index_file}: shard {shard} is missing")
             tensors.update(_read_safetensors(directory / shard))
         return tensors
     if (directory / HF_TORCH_BIN).exists():
@@ -214,17 +221,11 @@ def _hf_output_head(
     """The `logits_dense` kernel: the HF `lm_head`, or the tied embedding, scaled as HF does.
 
     transformers 5.x writes T5.1.1's untied head as `tie_word_embeddings: true` with
-    `scale_decoder_outputs: false` and may leave `lm_head.weight` out when it is tied.
+    `scale_decoder_outputs: false` and may leave `lm_head.weight` out when it is tied;
+    4.x configs say `tie_word_embeddings` only, and a tied (default) model scales.
     """
-    if "lm_head.weight" in tensors:
-        head = tensors["lm_head.weight"].T
-        tied = False
-    else:
-        head = tensors["shared.weight"].T
-        tied = True
-    scale = hf.get("scale_decoder_outputs")
-    if scale is None:
-        scale = tied and hf.get("tie_word_embeddings", True)
+    head = tensors.get("lm_head.weight", tensors["shared.weight"]).T
+    scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
     return head * (config.emb_dim**-0.5) if scale else head
 
 
@@ -276,7 +277,8 @@ def hf_config_dict(config: T5Config) -> dict[str, Any]:
 
 
 def save_hf(path: str | os.PathLike, config: T5Config, params: Params) -> None:
-    """Write a Hugging Face T5 directory (config.json + model.safetensors), atomically."""
+    """Write a Hugging Face T5 directory (config.json + model.safetensors) on local disk,
+    atomically: a failure leaves any previous directory at `path` as it was."""
     from safetensors.numpy import save_file
 
     check_params(config, params, "params")
@@ -288,14 +290,21 @@ def save_hf(path: str | os.PathLike, config: T5Config, params: Params) -> None:
     tensors["lm_head.weight"] = np.ascontiguousarray(
         np.asarray(flat[("decoder", "logits_dense", "kernel")], np.float32).T
     )
-    target = epath.Path(path)
+    target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = epath.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    save_file(tensors, str(staging / HF_SAFETENSORS), metadata={"format": "pt"})
-    (staging / HF_CONFIG).write_text(json.dumps(hf_config_dict(config), indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    backup = target.with_name(f".{target.name}.old")
+    try:
+        save_file(tensors, str(staging / HF_SAFETENSORS), metadata={"format": "pt"})
+        (staging / HF_CONFIG).write_text(json.dumps(hf_config_dict(config), indent=2))
+        # Swap by renames: an existing checkpoint is kept until the new one is complete.
+        if target.exists():
+            target.rename(backup)
+        staging.rename(target)
+        if backup.exists():
+            shutil.rmtree(backup)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,14 @@ def generate(
         raise ValueError(f"generate: method {method!r} is not one of {METHODS}")
     if method == "sample" and temperature <= 0:
         raise ValueError(f"generate: sampling needs temperature > 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+    if not 0 <= top_k <= config.vocab_size:
+        raise ValueError(f"generate: top_k must be in [0, {config.vocab_size}], got {top_k}")
+    if max_length < 1 or num_beams < 1:
+        raise ValueError(
+            f"generate: max_length ({max_length}) and num_beams ({num_beams}) must be >= 1"
+        )
     if rng is None:
         rng = jax.random.PRNGKey(0)
     return _generate_jit(
@@ -131,7 +139,7 @@ def _sample(
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         # Keep a token while the probability mass before it is still below top_p.
-        keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+        keep = (jnp.cumsum(probs, axis=-1) - probs < top_p).at[:, 0].set(True)
         threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < threshold, NEG_INF, logits)
     return jax.random.categorical(rng, logits, axis=-1)
@@ -181,7 +189,6 @@ def _beam_search(config, params, encoder_tokens, max_length, num_beams, length_p
     beams, candidates = num_beams, 2 * num_beams
     flat_tokens = jnp.repeat(encoder_tokens, beams, axis=0)
     decoder = _Decoder(config, params, flat_tokens)
-    beam_offsets = (jnp.arange(batch) * beams)[:, None]
 
     def not_done(state):
         index, *_, open_items = state
@@ -206,8 +213,14 @@ def _beam_search(config, params, encoder_tokens, max_length, num_beams, length_p
         running_scores = cand_scores + jnp.where(hits_stop, NEG_INF, 0.0)
         keep = jax.lax.top_k(running_scores, beams)[1]
         seqs, scores = _gather_beams(cand_seqs, keep), _gather_beams(running_scores, keep)
-        cache_order = (_gather_beams(cand_beams, keep) + beam_offsets).reshape(-1)
-        cache = jax.tree.map(lambda x: x[cache_order], cache)
+        # Reorder along the beam axis only, so a batch-sharded cache stays where it is.
+        parents = _gather_beams(cand_beams, keep)
+        cache = jax.tree.map(
+            lambda x: _gather_beams(x.reshape(batch, beams, *x.shape[1:]), parents).reshape(
+                x.shape
+            ),
+            cache,
+        )
 
         just_finished = hits_stop & (jnp.arange(candidates) < beams)[None]
         penalised = cand_scores / ((index + 1.0) ** length_penalty)

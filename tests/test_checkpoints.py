@@ -180,6 +180,18 @@ def test_sharded_safetensors_and_torch_bin(tmp_path):
         jax.tree.map(np.testing.assert_array_equal, other, params)
 
 
+def test_bfloat16_safetensors(tmp_path):
+    """Many fine-tuned T5s are stored in bfloat16, which numpy has no dtype for."""
+    hf = make_hf_t5(seed=5).to(torch.bfloat16)
+    config, params = save_and_load(hf, tmp_path)
+    embedding = params["token_embedder"]["embedding"]
+    assert embedding.dtype == np.float32
+    np.testing.assert_array_equal(embedding, hf.shared.weight.detach().float().numpy())
+    np.testing.assert_array_equal(
+        params["decoder"]["logits_dense"]["kernel"], hf.lm_head.weight.detach().float().numpy().T
+    )
+
+
 def _write_torch_bin(hf, directory):
     """The legacy PyTorch layout (transformers 5 no longer writes it)."""
     directory.mkdir()

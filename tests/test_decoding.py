@@ -92,6 +92,12 @@ def test_bad_method_and_temperature(models):
         generate(config, params, encoder, 4, "nucleus")
     with pytest.raises(ValueError, match="temperature > 0"):
         generate(config, params, encoder, 4, "sample", temperature=0.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        generate(config, params, encoder, 4, "sample", top_p=0.0)
+    with pytest.raises(ValueError, match="top_k must be in"):
+        generate(config, params, encoder, 4, "sample", top_k=config.vocab_size + 1)
+    with pytest.raises(ValueError, match="num_beams"):
+        generate(config, params, encoder, 4, "beam", num_beams=0)
 
 
 def test_sharded_over_a_mesh_equals_one_device(models):
