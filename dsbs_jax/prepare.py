@@ -10,11 +10,11 @@ builds every dataset whose folder is in the manual dir, and the synthetic one.
 """
 
 import argparse
-import pathlib
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from dsbs_jax.data import release, synthetic
 from dsbs_jax.data.builders import BUILDERS
@@ -23,7 +23,7 @@ SYNTHETIC = "synthetic"
 
 
 def build(
-    dataset: str, manual_dir: pathlib.Path | None, data_dir: pathlib.Path
+    dataset: str, manual_dir: epath.Path | None, data_dir: epath.Path
 ) -> tfds.core.DatasetBuilder:
     """Build one dataset (a no-op when already built); return its builder."""
     if dataset != SYNTHETIC and (manual_dir is None or not (manual_dir / dataset).is_dir()):
@@ -85,7 +85,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def requested(dataset: str, manual_dir: pathlib.Path | None) -> list[str]:
+def requested(dataset: str, manual_dir: epath.Path | None) -> list[str]:
     """The datasets to build; `all` with a manual dir must find at least one in it."""
     if dataset != "all":
         return [dataset]
@@ -101,8 +101,8 @@ def requested(dataset: str, manual_dir: pathlib.Path | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dsbs-prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=[*BUILDERS, "all"])
-    parser.add_argument("--manual_dir", type=pathlib.Path, help="the release layout's folder")
-    parser.add_argument("--data_dir", type=pathlib.Path, required=True, help="TFDS data dir")
+    parser.add_argument("--manual_dir", type=epath.Path, help="the release layout's folder")
+    parser.add_argument("--data_dir", type=epath.Path, required=True, help="TFDS data dir")
     args = parser.parse_args(argv)
     rows = []
     try:

@@ -47,7 +47,8 @@ def register_dataset(
     subsample_seed: int = 0,
 ) -> list[str]:
     """Register `spec`'s label, rationale and chain-of-thought tasks; returns their names."""
-    source = DsbsSource(spec.tfds_name + ":1.0.0", data_dir, train_fraction, subsample_seed)
+    tfds_name = f"{spec.tfds_name}:{spec.tfds_version}"
+    source = DsbsSource(tfds_name, data_dir, train_fraction, subsample_seed)
     features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True),
         "targets": seqio.Feature(vocabulary, add_eos=True),
@@ -96,8 +97,8 @@ def register(
     for kind, source in (("label", "gt"), ("label", "llm"), ("rationale", None)):
         name = mixture_name(kind, source)
         seqio.MixtureRegistry.remove(name)
-        seqio.MixtureRegistry.add(
-            name, [task_name(d, kind, source) for d in mixed], default_rate=1.0
-        )
-        names.append(name)
+        if mixed:
+            tasks = [task_name(d, kind, source) for d in mixed]
+            seqio.MixtureRegistry.add(name, tasks, default_rate=1.0)
+            names.append(name)
     return names

@@ -1,10 +1,12 @@
 """What a dataset needs to become SeqIO tasks: its name, its label metrics, its vocabulary."""
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Callable, Sequence
 
 from dsbs_jax.data import teacher_outputs
+from dsbs_jax.data.builders.base import ReleaseBuilder
 
 MetricFn = Callable[[Sequence[str], Sequence[str]], dict]
 
@@ -22,11 +24,12 @@ class DatasetTasks:
     vocabulary: str = T5_VOCABULARY
     answer_phrase: str = ""
     tfds_name: str = ""
+    tfds_version: str = str(ReleaseBuilder.VERSION)
 
     def vocabulary_file(self, data_dir: str | pathlib.Path, shared_path: str) -> str:
         """The shared (T5) SentencePiece model, or the dataset's own next to its TFDS data."""
         if self.vocabulary == OWN_VOCABULARY:
-            return str(pathlib.Path(data_dir) / self.tfds_name / "sentencepiece.model")
+            return os.path.join(str(data_dir), self.tfds_name, "sentencepiece.model")
         return shared_path
 
     def __post_init__(self):

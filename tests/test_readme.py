@@ -1,5 +1,6 @@
 """The README's commands and code, run as written (the install step is CI's own)."""
 
+import os
 import pathlib
 import re
 import shlex
@@ -40,12 +41,50 @@ def test_tool_commands_run(command, tmp_path):
     run_tool(command, tmp_path)
 
 
+# Appended to the README's own-dataset block: write a small release, build it, read a task.
+OWN_DATASET_CHECK = """
+import json, pathlib, seqio, tensorflow_datasets as tfds
+manual = pathlib.Path("{tmp}/manual/mydata")
+(manual / "llm").mkdir(parents=True)
+for split in ("train", "valid", "test"):
+    rows = [dict(id=f"{{split}}{{i}}", text=f"is {{i}} even?", answer="yes" if i % 2 == 0 else "no")
+            for i in range(6)]
+    (manual / f"mydata_{{split}}.json").write_text("\\n".join(json.dumps(r) for r in rows))
+    outputs = [f"{{i}} is {{'even' if i % 2 == 0 else 'odd'}}. So the answer is {{r['answer']}}."
+               + "\\n\\nQ: x" for i, r in enumerate(rows)]
+    (manual / "llm" / f"{{split}}_CoT_0.json").write_text(json.dumps(outputs))
+DsbsMydata(data_dir="{tmp}/dsbs_tfds").download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir="{tmp}/manual"))
+task = seqio.get_mixture_or_task("dsbs_mydata_rationale")
+example = next(task.source.get_dataset("test", shuffle=False).as_numpy_iterator())
+assert example["teacher_rationale"].decode().endswith("."), example
+assert example["teacher_parsed"], example
+print("built", example["id"].decode())
+"""
+
+
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_blocks_run(index):
-    code = PYTHON_BLOCKS[index]
+def test_python_blocks_run(index, tmp_path):
+    code = PYTHON_BLOCKS[index].replace("/tmp/", f"{tmp_path}/")
     if "logits =" in code:
         code += "\nassert logits.shape == (1, 4, 32128) and ids.shape == (1, 8)\n"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    if "class DsbsMydata" in code:
+        code += OWN_DATASET_CHECK.format(tmp=tmp_path)
+    # A module in a package, where users keep a builder (TFDS reads its code path).
+    package = tmp_path / "readme_block"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "block.py").write_text(code)
+    run = subprocess.run(
+        [sys.executable, "-c", "import readme_block.block"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    if "class DsbsMydata" in code:
+        assert "built test" in run.stdout
 
 
 def test_the_readme_has_commands_to_run():

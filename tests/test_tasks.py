@@ -98,6 +98,17 @@ def test_train_keeps_parsed_outputs_and_eval_splits_keep_everything(registered_t
     assert len(examples("dsbs_svamp_label_gt", "test")) == 200
     assert len(examples("dsbs_svamp_rationale", "test")) == 200 - 2
     assert len(examples("dsbs_cqa_label_gt", "test")) == 1221
+    # Evaluation scores against gold, even for the teacher-label task.
+    gold, llm = examples("dsbs_svamp_label_gt", "test"), examples("dsbs_svamp_label_llm", "test")
+    assert {i: text(e, "targets") for i, e in llm.items()} == {
+        i: text(e, "targets") for i, e in gold.items()
+    }
+    train_gold = examples("dsbs_svamp_label_gt", "train")
+    train_llm = examples("dsbs_svamp_label_llm", "train")
+    differ = [
+        i for i in train_gold if text(train_gold[i], "targets") != text(train_llm[i], "targets")
+    ]
+    assert len(differ) > 100  # the teacher is wrong on about a quarter of SVAMP
 
 
 def test_metrics_of_each_dataset(registered_tasks):

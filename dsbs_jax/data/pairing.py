@@ -12,7 +12,9 @@ padded; this is the mode for mixtures of datasets.
 
 Either way the stream is deterministic for a seed, per-host (`seqio.ShardInfo`), and
 restartable: `start_step` skips the batches already consumed, so a resumed run sees
-exactly the batches an uninterrupted run sees.
+exactly the batches an uninterrupted run sees. Pairing needs every task to keep the same
+examples of the split: true of one dataset's tasks on `train`, where the source keeps only
+parsed teacher outputs.
 """
 
 from collections.abc import Mapping
@@ -38,12 +40,14 @@ def _views(
     shard: seqio.ShardInfo | None,
     shuffle: bool,
     num_epochs: int | None,
+    skip: int,
 ) -> tf.data.Dataset:
-    """The task's preprocessed examples over a seeded, shared order of the source."""
+    """The task's preprocessed examples over a seeded, shared order of the source, from the
+    `skip`-th on: skipping raw records, before tokenization, makes a restart cheap."""
     dataset = task.source.get_dataset(split, shuffle=False, shard_info=shard)
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat(num_epochs)
+    dataset = dataset.repeat(num_epochs).skip(skip)
     dataset = task.preprocess_precache(dataset, seed=seed)
     dataset = task.preprocess_postcache(dataset, sequence_length=lengths, seed=seed)
     return dataset.map(
@@ -94,11 +98,11 @@ def paired_batches(
         task = seqio.get_mixture_or_task(task_name)
         if not isinstance(task, seqio.Task):
             raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
-        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs)
+        skip = start_step * batch_size
+        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs, skip)
         converted = converter(views, {**lengths, EXAMPLE_HASH: 1})
         sides[side] = converted.batch(batch_size, drop_remainder=True)
-    batches = tf.data.Dataset.zip(sides).map(_check_aligned)
-    return batches.skip(start_step).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(sides).map(_check_aligned).prefetch(tf.data.AUTOTUNE)
 
 
 def independent_batches(
@@ -110,7 +114,11 @@ def independent_batches(
     pack: bool = True,
     start_step: int = 0,
 ) -> tf.data.Dataset:
-    """Per step `{side: features}`, each side a task or mixture sampled independently."""
+    """Per step `{side: features}`, each side a task or mixture sampled independently.
+
+    A restart at `start_step` replays the skipped batches through the pipeline (SeqIO's
+    mixture sampling has no cheaper way to jump); paired batches skip raw records instead.
+    """
     sides = {}
     for index, (side, (name, lengths)) in enumerate(sorted(tasks.items())):
         dataset = seqio.get_dataset(

@@ -10,7 +10,6 @@ import tensorflow as tf
 
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
-LABEL_SOURCES = ("gt", "llm")
 
 
 def _label(example: dict, source: str) -> tf.Tensor:
@@ -39,7 +38,7 @@ def rationale_view(example: dict) -> dict:
 
 @seqio.map_over_dataset
 def chain_of_thought_view(example: dict, source: str, answer_phrase: str) -> dict:
-    """The single-task baseline: `<input>` -> `<rationale> So the answer is <label>`."""
+    """The single-task baseline: `<input>` -> `<rationale> <answer phrase> <label>`."""
     target = tf.strings.join(
         [example["teacher_rationale"], " ", answer_phrase, " ", _label(example, source)]
     )
@@ -54,8 +53,7 @@ def keep_parsed(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def view_preprocessors(kind: str, source: str | None, answer_phrase: str) -> list:
     """The preprocessors (before tokenization) of a `label`, `rationale` or `cot` task."""
     if kind == "label":
-        view = [functools.partial(label_view, source=source)]
-        return view if source == "gt" else [keep_parsed, *view]
+        return [functools.partial(label_view, source=source)]
     if kind == "rationale":
         return [keep_parsed, rationale_view]
     if kind == "cot":

@@ -163,6 +163,13 @@ SPECS: dict[str, DatasetSpec] = {
 }
 
 
+def register_spec(spec: DatasetSpec) -> None:
+    """Add a user's dataset in the release layout (its TFDS builder then reads it)."""
+    if spec.name in SPECS and SPECS[spec.name] != spec:
+        raise ValueError(f"dataset {spec.name!r} already has a different spec")
+    SPECS[spec.name] = spec
+
+
 def dataset_spec(dataset: str) -> DatasetSpec:
     if dataset not in SPECS:
         raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(SPECS)}")

@@ -12,7 +12,8 @@ _HASH_BUCKETS = 2**30
 
 class DsbsSource(seqio.TfdsDataSource):
     """A TFDS source whose `train` split keeps only examples with a parsed teacher output,
-    subsampled to `train_fraction` by a keyed hash of the example id.
+    subsampled to `train_fraction` by a keyed hash of the example id, and whose other splits
+    carry the gold label as `teacher_label`, so that every task is evaluated against gold.
 
     Filtering here, rather than in each task, gives every task of a dataset (label,
     rationale, chain of thought; gold or teacher labels) the same training examples, so
@@ -58,7 +59,8 @@ class DsbsSource(seqio.TfdsDataSource):
             read = tfds.even_splits(split, n=shard_info.num_shards)[shard_info.index]
         dataset = super().get_dataset(read, shuffle, seed, None, **kwargs)
         if split != "train":
-            return dataset
+            # Evaluation scores against gold: a `_llm` task's targets are gold labels here.
+            return dataset.map(lambda example: {**example, "teacher_label": example["label"]})
         dataset = keep_parsed(dataset)
         if self.train_fraction < 1.0:
             dataset = dataset.filter(lambda example: self.in_subsample(example["id"]))

@@ -1,8 +1,7 @@
 """TFDS builders for the paper's datasets and the synthetic default: `dsbs_{name}`."""
 
-import pathlib
-
 import tensorflow_datasets as tfds
+from etils import epath
 
 from dsbs_jax.data import synthetic
 from dsbs_jax.data.builders.base import ReleaseBuilder
@@ -34,8 +33,8 @@ class DsbsSynthetic(ReleaseBuilder):
     dataset = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = None
 
-    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-        directory = pathlib.Path(dl_manager.download_dir) / "synthetic_release"
+    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+        directory = epath.Path(dl_manager.download_dir) / "synthetic_release"
         synthetic.write_release(directory)
         return directory
 

@@ -8,11 +8,11 @@ whose files are absent from the manual dir is skipped with a warning.
 
 import abc
 import logging
-import pathlib
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from dsbs_jax.data import release
 
@@ -52,8 +52,8 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             homepage="https://github.com/google-research/distilling-step-by-step",
         )
 
-    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-        return pathlib.Path(dl_manager.manual_dir)
+    def release_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+        return epath.Path(dl_manager.manual_dir)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = self.release_dir(dl_manager)
