@@ -112,8 +112,20 @@ def test_parameter_tree_is_t5x_tree(shared_dir):
 def test_every_parameter_has_logical_axes():
     tokens = jnp.ones((1, 4), jnp.int32)
     boxed = T5(_tiny_config()).init(jax.random.PRNGKey(0), tokens, tokens)["params"]
-    specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed))
-    allowed = {"embed", "mlp", "heads", "kv", "joined_kv", "vocab", "relpos_buckets"}
+    specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed), sep="/")
+    expected_by_name = {
+        "token_embedder/embedding": ("vocab", "embed"),
+        "decoder/logits_dense/kernel": ("embed", "vocab"),
+        "encoder/relpos_bias/rel_embedding": ("heads", "relpos_buckets"),
+        "encoder/encoder_norm/scale": ("embed",),
+        "encoder/layers_0/attention/query/kernel": ("embed", "joined_kv"),
+        "decoder/layers_1/encoder_decoder_attention/out/kernel": ("joined_kv", "embed"),
+        "decoder/layers_0/mlp/wi_1/kernel": ("embed", "mlp"),
+        "encoder/layers_1/mlp/wo/kernel": ("mlp", "embed"),
+    }
+    for path, axes in expected_by_name.items():
+        assert tuple(specs[path]) == axes, path
+    allowed = {"embed", "mlp", "heads", "joined_kv", "vocab", "relpos_buckets"}
     for path, spec in specs.items():
         assert spec and set(spec) <= allowed, (path, spec)
 

@@ -122,7 +122,9 @@ def equations_match(target: str, prediction: str) -> bool:
     target_value, prediction_value = equation_value(target), equation_value(prediction)
     if target_value is None or prediction_value is None:
         return False
-    return math.isclose(target_value, prediction_value, rel_tol=EQUATION_RELATIVE_TOLERANCE)
+    return math.isclose(
+        target_value, prediction_value, rel_tol=EQUATION_RELATIVE_TOLERANCE, abs_tol=1e-9
+    )
 
 
 def _mean_percent(values: Sequence[float]) -> float:

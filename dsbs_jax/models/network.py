@@ -46,7 +46,7 @@ def _same_segment(query_segments: jax.Array | None, key_segments: jax.Array | No
 
 
 def _maybe_remat(layer_cls: type[nn.Module], config: T5Config) -> type[nn.Module]:
-    # static_argnums counts `self`: argument 3 of `(self, x, ..., deterministic)` layers below.
+    # static_argnums counts `self`; each layer class names where its `deterministic` is.
     return (
         nn.remat(layer_cls, static_argnums=(layer_cls.DETERMINISTIC_ARG,))
         if config.remat
