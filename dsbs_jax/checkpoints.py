@@ -330,10 +330,18 @@ def _read_tensorstore(spec: dict[str, Any], directory: epath.Path) -> np.ndarray
 
     spec = dict(spec)
     kvstore = spec["kvstore"]
-    if isinstance(kvstore, dict) and kvstore.get("driver", "file") == "file":
-        relative = kvstore.get("path", "")
-        if not os.path.isabs(relative):
-            spec["kvstore"] = _kvstore(directory, relative)
+    relative = kvstore.get("path", "") if isinstance(kvstore, dict) else ""
+    # A checkpoint names its arrays relative to itself; never let it point elsewhere.
+    if (
+        not isinstance(kvstore, dict)
+        or kvstore.get("driver", "file") != "file"
+        or os.path.isabs(relative)
+        or ".." in relative.split("/")
+    ):
+        raise CheckpointError(
+            f"{directory}: array spec {kvstore} must name a path inside the checkpoint"
+        )
+    spec["kvstore"] = _kvstore(directory, relative)
     try:
         return np.asarray(ts.open(spec).result().read().result(), np.float32)
     except ValueError as error:

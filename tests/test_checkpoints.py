@@ -270,3 +270,13 @@ def test_convert_cli(shared_dir, fixture_checkpoint, tmp_path, capsys):
     assert convert_main([str(tmp_path / "absent"), str(tmp_path / "x"), "--to", "hf"]) == 1
     assert "absent: no such file or directory" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_t5x_array_specs_cannot_point_outside_the_checkpoint(shared_dir, tmp_path):
+    state = serialization.msgpack_restore(
+        (shared_dir / "fixtures/t5x/test_t5_tiny.checkpoint_0").read_bytes()
+    )
+    escape = {"driver": "zarr", "kvstore": {"driver": "file", "path": "../../etc/secret"}}
+    state["optimizer"]["target"]["token_embedder"]["embedding"] = escape
+    (tmp_path / "checkpoint").write_bytes(serialization.msgpack_serialize(state))
+    assert "must name a path inside the checkpoint" in _error(tmp_path)
