@@ -21,24 +21,25 @@ import torch
 import transformers
 from flax.linen import meta
 
+import gin
+from dsbs_jax import gin_utils
 from dsbs_jax.checkpoints import hf_config_dict, save_hf
 from dsbs_jax.models import T5, T5Config
 
 Params = dict[str, Any]
 
-MACHINE = "2-core x86-64 CPU, 24 GiB, no GPU"
+
+def preset(name: str) -> T5Config:
+    """A model size from `gin/models/`, the one place sizes are written down."""
+    gin.clear_config()
+    gin_utils.parse([f"models/{name}.gin"])
+    config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+    gin.clear_config()
+    return config
+
 
 SIZES: dict[str, T5Config] = {
-    # T5.1.1 small (gin/models/t5_1_1_small.gin).
-    "small": T5Config(
-        vocab_size=32128,
-        emb_dim=512,
-        num_heads=6,
-        head_dim=64,
-        mlp_dim=1024,
-        num_encoder_layers=8,
-        num_decoder_layers=8,
-    ),
+    "small": preset("t5_1_1_small"),
     # A few-second smoke-test size: checks that the script runs, says nothing about speed.
     "tiny": T5Config(
         vocab_size=512,
