@@ -59,8 +59,9 @@ def _examples(builder: tfds.core.DatasetBuilder, split: str) -> list[release.Exa
 
 
 def _texts(builder: tfds.core.DatasetBuilder) -> list[str]:
-    rows = _examples(builder, "train")
-    return [e.input for e in rows] + [e.teacher_output for e in rows]
+    examples = [e for split in builder.info.splits for e in _examples(builder, split)]
+    questions, outputs = [e.input for e in examples], [e.teacher_output for e in examples]
+    return list(synthetic.vocabulary_texts(questions, outputs))
 
 
 def summary_rows(builder: tfds.core.DatasetBuilder, dataset: str) -> list[dict]:

@@ -8,6 +8,8 @@ import functools
 import seqio
 import tensorflow as tf
 
+from dsbs_jax.data.release import NLI_SEPARATOR
+
 LABEL_PREFIX = "predict: "
 RATIONALE_PREFIX = "explain: "
 
@@ -64,10 +66,6 @@ def view_preprocessors(kind: str, source: str | None, answer_phrase: str) -> lis
     raise ValueError(f"unknown task kind {kind!r}: expected label, rationale or cot")
 
 
-EOS_TEXT = "</s>"
-EOS_ID = 1
-
-
 def tokenize(dataset: tf.data.Dataset, output_features: dict) -> tf.data.Dataset:
     """SeqIO's `tokenize`, except that a literal `</s>` becomes the EOS id.
 
@@ -76,9 +74,9 @@ def tokenize(dataset: tf.data.Dataset, output_features: dict) -> tf.data.Dataset
     """
 
     def encode(text: tf.Tensor, vocabulary) -> tf.Tensor:
-        pieces = tf.strings.split(text, EOS_TEXT)
+        pieces = tf.strings.split(text, NLI_SEPARATOR)
         ids = tf.cast(vocabulary.encode_tf(pieces), tf.int32)
-        separators = tf.RaggedTensor.from_tensor(tf.fill([tf.size(pieces), 1], EOS_ID))
+        separators = tf.RaggedTensor.from_tensor(tf.fill([tf.size(pieces), 1], vocabulary.eos_id))
         return tf.concat([ids, separators], axis=1).flat_values[:-1]
 
     def tokenize_example(example: dict) -> dict:

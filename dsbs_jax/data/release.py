@@ -20,7 +20,7 @@ import numpy as np
 from dsbs_jax.data import metrics, teacher_outputs
 
 SPLITS = ("train", "validation", "test")
-_RELEASE_SPLIT = {"train": "train", "validation": "valid", "test": "test"}
+RELEASE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}  # ours -> on disk
 # The reference holds out validation with Hugging Face datasets'
 # `train_test_split(test_size=0.1, seed=0)` where the release has none.
 HOLDOUT_FRACTION = 0.1
@@ -56,7 +56,7 @@ class DatasetSpec:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: expected one of {SPLITS}")
         return (
-            "train" if split == "validation" and not self.has_validation else _RELEASE_SPLIT[split]
+            "train" if split == "validation" and not self.has_validation else RELEASE_SPLITS[split]
         )
 
     def rows_file(self, release_split: str) -> str:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dsbs_jax.data import vocabulary
+from dsbs_jax.data import release, vocabulary
+from dsbs_jax.data.release import RELEASE_SPLITS, SPLITS
 
 NAME = "synthetic"
-SPLITS = ("train", "validation", "test")
-RELEASE_SPLIT_NAMES = {"train": "train", "validation": "valid", "test": "test"}
 TEACHER_CHUNK_SIZE = 1000
 ANSWER_MARKER = "So the answer is"
 TASK_PREFIXES = ("predict:", "explain:")
@@ -380,15 +379,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def _rows_path(release_dir: Path, split: str) -> Path:
-    return release_dir / f"{NAME}_{RELEASE_SPLIT_NAMES[split]}.json"
-
-
-def _teacher_files(release_dir: Path, split: str) -> list[Path]:
-    """The split's teacher chunk files, in chunk order (`_CoT_10` after `_CoT_9`)."""
-    prefix = f"{RELEASE_SPLIT_NAMES[split]}_CoT_"
-    files = (release_dir / "llm").glob(f"{prefix}*.json")
-    chunks = [f for f in files if f.stem.removeprefix(prefix).isdigit()]
-    return sorted(chunks, key=lambda f: int(f.stem.removeprefix(prefix)))
+    return release_dir / f"{NAME}_{RELEASE_SPLITS[split]}.json"
 
 
 def write_release(
@@ -421,21 +412,18 @@ def write_release(
             outputs[i : i + TEACHER_CHUNK_SIZE] for i in range(0, len(outputs), TEACHER_CHUNK_SIZE)
         ] or [[]]
         for k, chunk in enumerate(chunks):
-            chunk_path = release_dir / "llm" / f"{RELEASE_SPLIT_NAMES[split]}_CoT_{k}.json"
+            chunk_path = release_dir / "llm" / f"{RELEASE_SPLITS[split]}_CoT_{k}.json"
             _write_atomically(chunk_path, json.dumps(chunk).encode())
-        for stale in _teacher_files(release_dir, split)[len(chunks) :]:
+        written = release.teacher_chunk_files(release_dir / "llm", RELEASE_SPLITS[split])
+        for stale in written[len(chunks) :]:
             stale.unlink()
     return release_dir
-
-
-def _read_rows(release_dir: Path, split: str) -> list[dict]:
-    return [json.loads(line) for line in _rows_path(release_dir, split).read_text().splitlines()]
 
 
 def majority_baseline(manual_dir: Path, split: str = "test") -> float:
     """The share of the split's most frequent gold answer: what always guessing it scores."""
     answers = collections.Counter(
-        row["answer"] for row in _read_rows(Path(manual_dir) / NAME, split)
+        row["answer"] for row in release.read_rows(_rows_path(Path(manual_dir) / NAME, split))
     )
     return answers.most_common(1)[0][1] / answers.total()
 
@@ -445,15 +433,21 @@ def majority_baseline(manual_dir: Path, split: str = "test") -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def vocabulary_texts(questions: Iterable[str], teacher_outputs: Iterable[str]) -> Iterator[str]:
+    """What the vocabulary is trained on: the questions as the student sees them (with each
+    task prefix) and the teacher's outputs."""
+    for question in questions:
+        for prefix in TASK_PREFIXES:
+            yield f"{prefix} {question}"
+    yield from teacher_outputs
+
+
 def _release_texts(manual_dir: Path) -> Iterator[str]:
-    """The questions as the student sees them (with each task prefix) and the teacher outputs."""
     release_dir = Path(manual_dir) / NAME
     for split in SPLITS:
-        for row in _read_rows(release_dir, split):
-            for prefix in TASK_PREFIXES:
-                yield f"{prefix} {row['question']}"
-        for chunk in _teacher_files(release_dir, split):
-            yield from json.loads(chunk.read_text())
+        rows = release.read_rows(_rows_path(release_dir, split))
+        outputs = release.read_teacher_outputs(release_dir / "llm", RELEASE_SPLITS[split])
+        yield from vocabulary_texts([row["question"] for row in rows], outputs)
 
 
 def train_vocabulary(

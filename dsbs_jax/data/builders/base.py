@@ -16,7 +16,6 @@ from etils import epath
 
 from dsbs_jax.data import release
 
-SPLITS = ("train", "validation", "test")
 FEATURES = tfds.features.FeaturesDict(
     {
         "id": tfds.features.Text(),
@@ -58,7 +57,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = self.release_dir(dl_manager)
         splits = release.read_dataset(manual_dir, self.dataset)
-        for split in SPLITS:
+        for split in release.SPLITS:
             if split not in splits:
                 logging.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)
         return {split: self._generate_examples(examples) for split, examples in splits.items()}
