@@ -3,7 +3,12 @@
 The comparisons are only fair if both frameworks run the same architecture with the same
 weights, so `build_models` initialises our Flax model once and hands exactly those weights to
 Hugging Face's `T5ForConditionalGeneration` through `dsbs_jax.checkpoints.save_hf`.
+
+PyTorch and transformers are imported only by the helpers that use them, so that scripts
+timing our side alone (`--no-torch`) run where torch is not installed (GPU and TPU hosts).
 """
+
+from __future__ import annotations
 
 import dataclasses
 import os
@@ -12,19 +17,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-import transformers
 from flax.linen import meta
 
 import gin
 from dsbs_jax import gin_utils
 from dsbs_jax.checkpoints import hf_config_dict, save_hf
 from dsbs_jax.models import T5, T5Config
+
+if TYPE_CHECKING:
+    import transformers
 
 Params = dict[str, Any]
 
@@ -39,7 +45,7 @@ def preset(name: str) -> T5Config:
 
 
 SIZES: dict[str, T5Config] = {
-    "small": preset("t5_1_1_small"),
+    **{size: preset(f"t5_1_1_{size}") for size in ("small", "base", "large", "xl", "xxl")},
     # A few-second smoke-test size: checks that the script runs, says nothing about speed.
     "tiny": T5Config(
         vocab_size=512,
@@ -58,14 +64,31 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def setup_torch() -> None:
-    """Denormals are slow on x86 and a random model produces some: flush them, as asked."""
+def setup_torch(threads: int | None = None) -> None:
+    """Denormals are slow on x86 and a random model produces some: flush them, as asked.
+    `threads` sets torch's intra-op threads (by default torch picks its own count)."""
+    import torch
+
     torch.set_flush_denormal(True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on: what XLA's CPU backend sizes its thread pool by."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def random_tokens(seed: int, batch: int, length: int, vocab_size: int) -> np.ndarray:
     """Token ids in [2, vocab): no padding (0) and no EOS (1), so every position counts."""
     return np.random.default_rng(seed).integers(2, vocab_size, (batch, length), dtype=np.int32)
+
+
+def shift_right(targets: np.ndarray) -> np.ndarray:
+    """Decoder inputs for teacher forcing: the targets shifted right behind start token 0."""
+    return np.pad(targets[:, :-1], ((0, 0), (1, 0)))
 
 
 def init_params(config: T5Config, seed: int = 0) -> Params:
@@ -77,6 +100,8 @@ def init_params(config: T5Config, seed: int = 0) -> Params:
 
 def hf_config(config: T5Config) -> transformers.T5Config:
     """The Hugging Face config of the same architecture: T5.1.1 (gated-GELU, untied head)."""
+    import transformers
+
     fields = hf_config_dict(config) | {
         "feed_forward_proj": "gated-gelu",
         "tie_word_embeddings": False,
@@ -87,6 +112,8 @@ def hf_config(config: T5Config) -> transformers.T5Config:
 
 def to_hf(config: T5Config, params: Params) -> transformers.T5ForConditionalGeneration:
     """Hugging Face's PyTorch model holding exactly `params`, passed through safetensors."""
+    import transformers
+
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model")
         save_hf(path, config, params)
@@ -148,4 +175,25 @@ def time_in_turns(fns: dict[str, Callable[[], Any]], warmup: int, runs: int) -> 
 
 def thread_counts() -> str:
     """How many threads each framework may use (JAX's CPU backend uses one per core)."""
+    import torch
+
     return f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+
+
+def matmul_peak_gflops(
+    n: int = 2048, runs: int = 10, dtype: str = "float32", with_torch: bool = True
+) -> dict[str, float]:
+    """Measured GFLOP/s of an n x n matmul in `dtype`, by contender: a jitted `jnp.dot` and,
+    `with_torch`, a `torch.matmul` of the same size. A CPU has no datasheet peak to divide
+    by, so MFU on CPU is against the best of these."""
+    flops = 2 * n**3
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    contenders = {"jnp.dot": lambda: dot(a, a).block_until_ready()}
+    if with_torch:
+        import torch
+
+        t = torch.randn(n, n, dtype=getattr(torch, dtype))
+        contenders["torch.matmul"] = lambda: torch.matmul(t, t)
+    timings = time_in_turns(contenders, warmup=2, runs=runs)
+    return {name: flops / timing.median / 1e9 for name, timing in timings.items()}

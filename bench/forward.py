@@ -28,8 +28,10 @@ from common import (
     SIZES,
     build_models,
     log,
+    matmul_peak_gflops,
     random_tokens,
     setup_torch,
+    shift_right,
     thread_counts,
     time_in_turns,
 )
@@ -43,8 +45,7 @@ def make_batch(config: T5Config, batch: int, inputs: int, targets: int) -> Batch
     """Random inputs and targets; the decoder sees the targets shifted right behind token 0."""
     encoder_tokens = random_tokens(1, batch, inputs, config.vocab_size)
     target_tokens = random_tokens(2, batch, targets, config.vocab_size)
-    decoder_tokens = np.pad(target_tokens[:, :-1], ((0, 0), (1, 0)))
-    return encoder_tokens, decoder_tokens, target_tokens
+    return encoder_tokens, shift_right(target_tokens), target_tokens
 
 
 def analytic_flops(config: T5Config, batch: int, inputs: int, targets: int) -> float:
@@ -99,20 +100,6 @@ def torch_step(model: transformers.T5ForConditionalGeneration, batch: Batch) -> 
     return step
 
 
-def matmul_peak_gflops(n: int = 2048, runs: int = 10) -> tuple[float, float]:
-    """Measured float32 GFLOP/s of an n x n matmul: (jitted jnp.dot, torch.matmul)."""
-    flops = 2 * n**3
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    t = torch.randn(n, n)
-    contenders = {
-        "jnp.dot": lambda: dot(a, a).block_until_ready(),
-        "torch.matmul": lambda: torch.matmul(t, t),
-    }
-    timings = time_in_turns(contenders, warmup=2, runs=runs)
-    return flops / timings["jnp.dot"].median / 1e9, flops / timings["torch.matmul"].median / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -126,7 +113,8 @@ def main() -> None:
     tokens_per_step = args.batch * (args.inputs + args.targets)
 
     log("measuring matmul peak")
-    peak_jax, peak_torch = matmul_peak_gflops()
+    peaks = matmul_peak_gflops()
+    peak_jax, peak_torch = peaks["jnp.dot"], peaks["torch.matmul"]
     peak = max(peak_jax, peak_torch)
 
     log(f"building {args.size} models")

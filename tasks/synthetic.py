@@ -5,6 +5,12 @@ It has its own small SentencePiece vocabulary, trained from the generated text b
 """
 
 from dsbs_jax.data import metrics
+from dsbs_jax.data.builders import DsbsSynthetic
 from tasks.spec import OWN_VOCABULARY, DatasetTasks
 
-TASKS = DatasetTasks("synthetic", label_metrics=[metrics.accuracy], vocabulary=OWN_VOCABULARY)
+TASKS = DatasetTasks(
+    "synthetic",
+    label_metrics=[metrics.accuracy],
+    vocabulary=OWN_VOCABULARY,
+    tfds_version=str(DsbsSynthetic.VERSION),
+)

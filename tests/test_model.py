@@ -7,6 +7,7 @@ import pytest
 from flax import linen as nn
 from flax import serialization, traverse_util
 from reference import hf_logits, make_hf_t5, random_batch, save_and_load
+from tiny import tiny_config
 
 from dsbs_jax.models import T5, T5Config
 
@@ -38,20 +39,6 @@ def test_logits_match_hf(case, tmp_path):
     assert our_error <= max(1e-5, 3 * hf_own_error), (our_error, hf_own_error)
 
 
-def _tiny_config(**overrides) -> T5Config:
-    options = dict(
-        vocab_size=64,
-        emb_dim=16,
-        num_heads=2,
-        head_dim=8,
-        mlp_dim=32,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-    )
-    options.update(overrides)
-    return T5Config(**options)
-
-
 def _init(config: T5Config, seed: int = 0):
     tokens = jnp.ones((1, 4), jnp.int32)
     return nn.meta.unbox(T5(config).init(jax.random.PRNGKey(seed), tokens, tokens)["params"])
@@ -59,7 +46,7 @@ def _init(config: T5Config, seed: int = 0):
 
 def test_packed_equals_unpacked():
     """Two examples packed into one row give the same per-token logits as each alone."""
-    config = _tiny_config()
+    config = tiny_config()
     params = _init(config)
     model = T5(config)
     rng = np.random.RandomState(1)
@@ -111,7 +98,7 @@ def test_parameter_tree_is_t5x_tree(shared_dir):
 
 def test_every_parameter_has_logical_axes():
     tokens = jnp.ones((1, 4), jnp.int32)
-    boxed = T5(_tiny_config()).init(jax.random.PRNGKey(0), tokens, tokens)["params"]
+    boxed = T5(tiny_config()).init(jax.random.PRNGKey(0), tokens, tokens)["params"]
     specs = traverse_util.flatten_dict(nn.get_partition_spec(boxed), sep="/")
     expected_by_name = {
         "token_embedder/embedding": ("vocab", "embed"),
@@ -131,11 +118,11 @@ def test_every_parameter_has_logical_axes():
 
 
 def test_bfloat16_activations_keep_float32_params():
-    config = _tiny_config()
+    config = tiny_config()
     params = _init(config)
     enc, dec = random_batch(2, 2, 9, 6, 64)
     full = np.asarray(T5(config).apply({"params": params}, enc, dec))
-    half = T5(_tiny_config(dtype="bfloat16")).apply({"params": params}, enc, dec)
+    half = T5(tiny_config(dtype="bfloat16")).apply({"params": params}, enc, dec)
     assert half.dtype == jnp.float32  # logits are float32 for the loss
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     assert np.abs(np.asarray(half) - full).max() < 0.05 * np.abs(full).max()
@@ -152,22 +139,22 @@ def _loss_and_grads(config, params, enc, dec, dropout_seed=None):
 
 
 def test_remat_gives_the_same_gradients():
-    params = _init(_tiny_config())
+    params = _init(tiny_config())
     enc, dec = random_batch(3, 2, 9, 6, 64)
-    plain = _loss_and_grads(_tiny_config(), params, enc, dec)
-    remat = _loss_and_grads(_tiny_config(remat=True), params, enc, dec)
+    plain = _loss_and_grads(tiny_config(), params, enc, dec)
+    remat = _loss_and_grads(tiny_config(remat=True), params, enc, dec)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_only_when_enabled():
-    config = _tiny_config(dropout_rate=0.3)
+    config = tiny_config(dropout_rate=0.3)
     params = _init(config)
     enc, dec = random_batch(4, 2, 9, 6, 64)
     model = T5(config)
     off = np.asarray(model.apply({"params": params}, enc, dec))
     np.testing.assert_array_equal(
-        off, np.asarray(T5(_tiny_config()).apply({"params": params}, enc, dec))
+        off, np.asarray(T5(tiny_config()).apply({"params": params}, enc, dec))
     )
     on = [_loss_and_grads(config, params, enc, dec, dropout_seed=s)[0] for s in (1, 1, 2)]
     assert on[0] == on[1] and on[0] != on[2]

@@ -1,5 +1,7 @@
 """The README's commands and code, run as written (the install step is CI's own)."""
 
+import collections
+import json
 import os
 import pathlib
 import re
@@ -8,8 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
-from dsbs_jax import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -20,25 +20,69 @@ TOOL_COMMANDS = [
     for line in block.splitlines()
     if line.startswith(".venv/bin/dsbs-")
 ]
+# Commands for machines CI does not have (```sh blocks): their flags and gin are checked.
+SH_TRAIN_COMMANDS = [
+    block.replace("\\\n", " ")
+    for block in re.findall(r"```sh\n(.*?)```", README, re.S)
+    if block.startswith("dsbs-train")
+]
+# The quickstart's test accuracy must be at least this multiple of the majority baseline.
+QUICKSTART_FLOOR = 3
 
 
-def run_tool(command: str, tmp_path: pathlib.Path) -> None:
-    """Run a README command with this venv's console scripts, writing under `tmp_path`."""
+def run_tool(command: str, tmp_path: pathlib.Path) -> str:
+    """Run a README command with this venv's console scripts, writing under `tmp_path`;
+    returns its standard output."""
     argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(command)]
     argv[0] = str(pathlib.Path(sys.executable).parent / argv[0].removeprefix(".venv/bin/"))
-    subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, f"{command}\n{run.stderr[-3000:]}"
+    return run.stdout
 
 
-def test_quickstart_command_runs(tmp_path):
-    first_command = README.split("```bash\n", 1)[1].splitlines()[0]
-    run_tool(first_command.split(" && ")[-1], tmp_path)
-    config, _ = checkpoints.load(tmp_path / "t5_tiny_hf")
-    assert config.vocab_size == 32128
+@pytest.fixture(scope="module")
+def readme_tmp(tmp_path_factory) -> pathlib.Path:
+    """One folder for the whole README: its commands build on each other, in order."""
+    return tmp_path_factory.mktemp("readme")
+
+
+@pytest.fixture(scope="module")
+def quickstart(readme_tmp) -> str:
+    """The first line's commands after the install (CI's own): prepare, then train."""
+    first_line = README.split("```bash\n", 1)[1].splitlines()[0]
+    commands = [c for c in first_line.split(" && ") if c.startswith(".venv/bin/dsbs-")]
+    assert [c.split()[0] for c in commands] == [".venv/bin/dsbs-prepare", ".venv/bin/dsbs-train"]
+    return [run_tool(command, readme_tmp) for command in commands][-1]
+
+
+@pytest.mark.slow
+def test_quickstart_learns_well_above_the_majority_baseline(quickstart, readme_tmp):
+    (predictions,) = (readme_tmp / "dsbs_quickstart/model/predictions").glob("*_test_*.jsonl")
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(rows) == 300 and len({r["id"] for r in rows}) == 300
+    accuracy = sum(r["parsed_prediction"] == r["target"] for r in rows) / len(rows)
+    assert accuracy == sum(r["correct"] for r in rows) / len(rows)
+    majority = collections.Counter(r["target"] for r in rows).most_common(1)[0][1] / len(rows)
+    print(f"quickstart test accuracy {accuracy:.1%}, majority baseline {majority:.1%}")
+    assert f"test dsbs_synthetic_label_llm: accuracy {100 * accuracy:.1f}" in quickstart
+    assert accuracy >= QUICKSTART_FLOOR * majority, (accuracy, majority)
+    assert "TensorBoard: tensorboard --logdir" in quickstart
 
 
 @pytest.mark.parametrize("command", TOOL_COMMANDS)
-def test_tool_commands_run(command, tmp_path):
-    run_tool(command, tmp_path)
+def test_tool_commands_run(command, quickstart, readme_tmp):
+    run_tool(command, readme_tmp)
+
+
+@pytest.mark.parametrize("command", SH_TRAIN_COMMANDS)
+def test_cluster_commands_parse(command):
+    import gin
+    from dsbs_jax import gin_utils, train
+
+    args, bindings = train.parse_flags(shlex.split(command)[1:])
+    gin.clear_config()
+    gin_utils.parse(args.gin_file, bindings)
+    assert gin.query_parameter("%TRAIN_STEPS") > 0
 
 
 # Appended to the README's own-dataset block: write a small release, build it, read a task.
@@ -88,4 +132,4 @@ def test_python_blocks_run(index, tmp_path):
 
 
 def test_the_readme_has_commands_to_run():
-    assert len(TOOL_COMMANDS) >= 1 and len(PYTHON_BLOCKS) >= 3
+    assert len(TOOL_COMMANDS) >= 3 and len(PYTHON_BLOCKS) >= 3 and SH_TRAIN_COMMANDS

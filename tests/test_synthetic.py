@@ -94,8 +94,10 @@ def test_rows_have_the_release_fields(manual_dir):
 def test_generation_record_matches_its_question(splits):
     for example in splits["train"]:
         problem = example.problem
-        assert 2 <= len(problem.events) <= 4
+        fewest, most = synthetic._STEPS
+        assert fewest <= len(problem.events) <= most
         assert recomputed_answer(problem) == problem.answer
+        assert 2 <= problem.answer <= synthetic._MAX_COUNT
         assert problem.question.startswith(f"{problem.owner[0].upper()}{problem.owner[1:]} has ")
         assert all(event.sentence in problem.question for event in problem.events)
         assert problem.question.endswith(

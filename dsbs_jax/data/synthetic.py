@@ -24,6 +24,7 @@ import numpy as np
 
 from dsbs_jax.data import release, vocabulary
 from dsbs_jax.data.release import RELEASE_SPLITS, SPLITS
+from dsbs_jax.files import write_atomically
 
 NAME = "synthetic"
 TEACHER_CHUNK_SIZE = 1000
@@ -35,7 +36,13 @@ CONTINUATION_SHARE = 0.6  # of teacher outputs that run on into an invented "Q: 
 # set then depends only on the seed and its size, not on how much training data is asked for.
 _GENERATION_ORDER = ("test", "validation", "train")
 _STREAMS = ("problems", "teacher")
-_MAX_COUNT = 150  # running counts stay small
+# Small enough that a tiny T5 trained from scratch for a few CPU minutes (the quickstart)
+# learns to answer well above the majority baseline: counts up to 60, one or two events.
+_MAX_COUNT = 60
+_STEPS = (1, 2)  # events per story, inclusive
+_START = (5, 30)  # the first count, inclusive
+_MAX_OPERAND = 9  # of "buys n more" and "gives away n"
+_MAX_GROUPS, _MAX_PER_GROUP = 3, 5  # of "k bags with m each"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,28 +205,28 @@ def _step(rng: np.random.Generator, total: int) -> tuple[str, str, tuple[int, ..
     ]
     key = _pick(rng, tuple(feasible))
     if key == "+":
-        return key, "+", (int(rng.integers(2, min(20, room) + 1)),)
+        return key, "+", (int(rng.integers(2, min(_MAX_OPERAND, room) + 1)),)
     if key == "-":
-        return key, "-", (int(rng.integers(2, min(20, total - 2) + 1)),)
+        return key, "-", (int(rng.integers(2, min(_MAX_OPERAND, total - 2) + 1)),)
     if key == "*":
         return key, "*", (int(rng.integers(2, min(3, _MAX_COUNT // total) + 1)),)
     if key == "/":
         return key, "/", (int(_pick(rng, tuple(divisors))),)
     limit = room if key == "+groups" else total - 2
-    groups = int(rng.integers(2, min(6, limit // 2) + 1))
-    per_group = int(rng.integers(2, min(12, limit // groups) + 1))
+    groups = int(rng.integers(2, min(_MAX_GROUPS, limit // 2) + 1))
+    per_group = int(rng.integers(2, min(_MAX_PER_GROUP, limit // groups) + 1))
     return key, key[0], (groups, per_group)
 
 
 def _generate_problem(rng: np.random.Generator) -> WordProblem:
-    """A 2- to 4-step story about one owner's objects, asking for the final count."""
+    """A story of `_STEPS` events about one owner's objects, asking for the final count."""
     frame = _pick(rng, _FRAMES)
     owner, pronoun = _pick(rng, frame.owners)
     objects, box = _pick(rng, frame.objects), _pick(rng, frame.boxes)
-    start = total = int(rng.integers(5, 41))
+    start = total = int(rng.integers(_START[0], _START[1] + 1))
     sentences = [f"{_capitalize(owner)} has {start} {objects}."]
     events = []
-    for position in range(int(rng.integers(2, 5))):
+    for position in range(int(rng.integers(_STEPS[0], _STEPS[1] + 1))):
         key, op, factors = _step(rng, total)
         connective = _CONNECTIVES[-1] if position == 0 else _pick(rng, _CONNECTIVES)
         subject = _capitalize(connective.format(p=pronoun))
@@ -340,7 +347,7 @@ def _rng(seed: int, split: str, stream: str) -> np.random.Generator:
 
 
 def generate_splits(
-    num_train: int = 2000,
+    num_train: int = 10_000,
     num_validation: int = 200,
     num_test: int = 300,
     wrong_fraction: float = 0.15,
@@ -368,23 +375,13 @@ def generate_splits(
     return {split: splits[split] for split in SPLITS}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _rows_path(release_dir: Path, split: str) -> Path:
     return release_dir / f"{NAME}_{RELEASE_SPLITS[split]}.json"
 
 
 def write_release(
     manual_dir: Path,
-    num_train: int = 2000,
+    num_train: int = 10_000,
     num_validation: int = 200,
     num_test: int = 300,
     wrong_fraction: float = 0.15,
@@ -406,14 +403,14 @@ def write_release(
             for ex in examples
         ]
         lines = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
-        _write_atomically(_rows_path(release_dir, split), lines.encode())
+        write_atomically(_rows_path(release_dir, split), lines.encode())
         outputs = [ex.teacher.text for ex in examples]
         chunks = [
             outputs[i : i + TEACHER_CHUNK_SIZE] for i in range(0, len(outputs), TEACHER_CHUNK_SIZE)
         ] or [[]]
         for k, chunk in enumerate(chunks):
             chunk_path = release_dir / "llm" / f"{RELEASE_SPLITS[split]}_CoT_{k}.json"
-            _write_atomically(chunk_path, json.dumps(chunk).encode())
+            write_atomically(chunk_path, json.dumps(chunk).encode())
         written = release.teacher_chunk_files(release_dir / "llm", RELEASE_SPLITS[split])
         for stale in written[len(chunks) :]:
             stale.unlink()
@@ -464,5 +461,5 @@ def train_vocabulary(
     model = vocabulary.train_sentencepiece([*texts, *TASK_PREFIXES, ANSWER_MARKER], vocab_size)
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(model_path, model)
+    write_atomically(model_path, model)
     return model_path

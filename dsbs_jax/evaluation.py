@@ -1,0 +1,128 @@
+"""Scoring a model on a split: SeqIO's `Evaluator` over our decoding, and teacher-forced loss.
+
+`TaskEvaluator` decodes a task (or each task of a mixture) greedily with whatever
+`decode` function it is given, lets SeqIO postprocess and score the predictions with the
+task's metrics, and returns per-example rows (id, input, target, prediction, parsed
+prediction, correct) for a predictions file. Every host reads the whole split and decodes
+its share of each batch (`decode` gathers the rows back), so all hosts see all results.
+"""
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from dsbs_jax.files import write_atomically
+
+Decode = Callable[[np.ndarray], np.ndarray]
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with zero rows appended up to `rows` (zero tokens are padding everywhere)."""
+    padding = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
+    return np.pad(array, padding)
+
+
+def padded_batches(dataset: tf.data.Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-size numpy batches of a finite dataset, the last one padded with zero rows
+    (zero loss weight, so padding changes no sum); `rows` says how many are real."""
+    for batch in dataset.batch(batch_size).as_numpy_iterator():
+        rows = len(next(iter(batch.values())))
+        yield {"rows": rows, **{k: _pad_rows(v, batch_size) for k, v in batch.items()}}
+
+
+def _with_index(index: tf.Tensor, features: dict) -> dict:
+    return {"index": index, **features}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class TaskEvaluator:
+    """Greedy-decode `task_name` (a task or mixture) on `split` and score it."""
+
+    def __init__(
+        self,
+        task_name: str,
+        split: str,
+        lengths: Mapping[str, int],
+        batch_size: int,
+        num_examples: int | None = None,
+    ):
+        self.batch_size = batch_size
+        self.target_length = lengths["targets"]
+        # One evaluator per task, so that each task's outputs can be kept for its rows.
+        self.evaluators = {
+            task.name: seqio.Evaluator(
+                task.name,
+                seqio.EncDecFeatureConverter(pack=False),
+                eval_split=split,
+                sequence_length=dict(lengths),
+                num_examples=num_examples,
+            )
+            for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
+            if task.metric_fns and split in task.splits
+        }
+        if not self.evaluators:
+            raise ValueError(f"{task_name} has no task with metrics and a {split!r} split")
+
+    def _predict_fn(self, decode: Decode, outputs: dict) -> Callable:
+        def predict(dataset: tf.data.Dataset) -> list[tuple[int, list[int]]]:
+            predictions = []
+            indexed = dataset.map(_with_index)
+            for batch in padded_batches(indexed, self.batch_size):
+                rows = batch["rows"]
+                tokens = decode(batch["encoder_input_tokens"])[:rows]
+                for i, row in zip(batch["index"][:rows], tokens, strict=True):
+                    # Fixed length, 0 after EOS: SeqIO stacks them, and decoding stops at EOS.
+                    predictions.append((int(i), [int(t) for t in row]))
+            outputs["tokens"] = predictions
+            return predictions
+
+        return predict
+
+    def evaluate(self, decode: Decode) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+        """Metrics per task (in percent), and the per-example rows per task."""
+        metrics, rows = {}, {}
+        for name, evaluator in self.evaluators.items():
+            outputs: dict = {}
+            future, _ = evaluator.evaluate(
+                compute_metrics=True, predict_fn=self._predict_fn(decode, outputs)
+            )
+            metrics[name] = {k: float(v) for k, v in future.result()[name].items()}
+            rows[name] = self._rows(evaluator, outputs["tokens"])
+        return metrics, rows
+
+    @staticmethod
+    def _rows(evaluator: seqio.Evaluator, predictions: list[tuple[int, list[int]]]) -> list[dict]:
+        (task,) = evaluator.eval_tasks
+        vocabulary = task.output_features["targets"].vocabulary
+        by_index = dict(predictions)
+        examples = evaluator.cached_task_datasets[task.name].as_numpy_iterator()
+        rows = []
+        for index, example in enumerate(examples):
+            prediction = vocabulary.decode(by_index[index])
+            parsed = task.postprocess_fn(prediction, example=example, is_target=False)
+            target = task.postprocess_fn(
+                _text(example["targets_pretokenized"]), example=example, is_target=True
+            )
+            scores = [fn([target], [parsed]) for fn in task.metric_fns]
+            rows.append(
+                {
+                    "id": _text(example.get("id", index)),
+                    "input": _text(example["inputs_pretokenized"]),
+                    "target": _text(example["targets_pretokenized"]),
+                    "prediction": prediction,
+                    "parsed_prediction": parsed,
+                    "correct": bool(scores and scores[0].get("accuracy") == 100.0),
+                }
+            )
+        return rows
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """Rows as JSON lines, written atomically."""
+    write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))

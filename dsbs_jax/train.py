@@ -1,0 +1,577 @@
+"""`dsbs-train`: train a T5 student by distilling step-by-step, configured with gin.
+
+    dsbs-train --gin_file=gin/runs/quickstart.gin [--gin.NAME=VALUE ...]
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+
+`train()` is the run, every argument bound in gin (`gin/runs/train.gin` names the macros:
+MODEL_DIR, MODE, LABEL_TASK, RATIONALE_TASK, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
+BATCH_SIZE, ALPHA, CHECKPOINT_PERIOD, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH). Running the
+same command again resumes from the newest checkpoint in MODEL_DIR; SIGTERM saves one and
+exits 0. Outputs in MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under
+`train/` and `validation/`, and `predictions/{task}_{split}_{step}.jsonl` from the final
+evaluation.
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+import gin
+from dsbs_jax import checkpoints, decoding, gin_utils, losses, partitioning
+from dsbs_jax.checkpointing import TrainCheckpoints
+from dsbs_jax.data.pairing import EXAMPLE_HASH, independent_batches, paired_batches
+from dsbs_jax.evaluation import TaskEvaluator, padded_batches, write_jsonl
+from dsbs_jax.files import write_atomically
+from dsbs_jax.models import T5Config
+from dsbs_jax.optimizers import Optimizer
+from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput
+from dsbs_jax.trainer import LossOptions, Trainer, TrainState
+
+Lengths = Mapping[str, int]
+TRAIN, VALIDATION = "train", "validation"
+LENGTH_SCAN_EXAMPLES = 2000
+
+
+class ConfigError(ValueError):
+    """The run's configuration cannot work; raised before training starts."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's loss was NaN or infinite; the checkpoints on disk predate it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    model_dir: str
+    step: int
+    preempted: bool
+    validation: dict  # the last evaluation's figures
+    final: dict  # per split of `final_eval_splits`, per label task, its metrics
+    predictions: list[str]  # the final evaluation's predictions files
+
+    def summary(self) -> str:
+        """What a person wants to see at the end: where things are, and the scores."""
+        lines = [f"stopped at step {self.step}" + (" (SIGTERM)" if self.preempted else "")]
+        for split, tasks in self.final.items():
+            for task, metrics in tasks.items():
+                figures = ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if "/" not in k)
+                lines.append(f"{split} {task}: {figures}")
+        lines.append(f"TensorBoard: tensorboard --logdir {self.model_dir}")
+        lines += [f"predictions: {path}" for path in self.predictions]
+        return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+# Configuration checks
+# -------------------------------------------------------------------------------------------
+
+
+def task_lengths(
+    mode: str, label_task: str, rationale_task: str | None, feature_lengths: Lengths
+) -> dict[str, tuple[str, dict[str, int]]]:
+    """`{side: (task, {'inputs': n, 'targets': m})}` for the tasks `mode` trains on.
+    TASK_FEATURE_LENGTHS names `inputs` and each side's targets: `label`, `rationale`."""
+    sides = {losses.LABEL: label_task}
+    if mode == "dsbs":
+        if not rationale_task:
+            raise ConfigError("MODE 'dsbs' needs RATIONALE_TASK (a rationale task or mixture)")
+        sides[losses.RATIONALE] = rationale_task
+    result = {}
+    for side, name in sides.items():
+        try:
+            seqio.get_mixture_or_task(name)
+        except ValueError as error:
+            raise ConfigError(f"{side} task {name!r} is not registered ({error})") from None
+        missing = {"inputs", side} - set(feature_lengths)
+        if missing:
+            raise ConfigError(
+                f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} lacks {sorted(missing)}: give "
+                f"'inputs' and the target length of each task ({', '.join(sides)})"
+            )
+        result[side] = (
+            name,
+            {"inputs": feature_lengths["inputs"], "targets": feature_lengths[side]},
+        )
+    return result
+
+
+def check_batch(
+    batch_size: int,
+    eval_batch_size: int,
+    mesh: jax.sharding.Mesh,
+    num_microbatches: int,
+    shards: int,
+) -> None:
+    data_devices = mesh.shape[partitioning.DATA]
+    hosts = jax.process_count()
+    if eval_batch_size % data_devices:
+        raise ConfigError(
+            f"train.eval_batch_size {eval_batch_size} must be a multiple of the data axis "
+            f"({data_devices} devices)"
+        )
+    if batch_size % (data_devices * num_microbatches):
+        raise ConfigError(
+            f"BATCH_SIZE {batch_size} must be a multiple of the data axis ({data_devices} "
+            f"devices) times num_microbatches ({num_microbatches})"
+        )
+    if shards % hosts or batch_size % shards:
+        raise ConfigError(
+            f"data_shards ({shards}) must be a multiple of the {hosts} hosts and divide "
+            f"BATCH_SIZE {batch_size}"
+        )
+
+
+def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bool) -> None:
+    """Stop before training if the feature lengths truncate examples of the training split
+    (scanning up to `LENGTH_SCAN_EXAMPLES` of each task), unless truncation is allowed."""
+    problems = []
+    for side, (name, lengths) in sides.items():
+        task = seqio.get_mixture_or_task(name)
+        dataset = task.get_dataset(None, split=TRAIN, shuffle=False, num_epochs=1)
+        sizes = {feature: [] for feature in lengths}
+        for example in dataset.take(LENGTH_SCAN_EXAMPLES).as_numpy_iterator():
+            for feature in lengths:
+                sizes[feature].append(len(example[feature]))
+        for feature, limit in lengths.items():
+            if not sizes[feature]:
+                raise ConfigError(f"task {name!r} has no training examples")
+            over = sum(size > limit for size in sizes[feature])
+            if over:
+                key = "inputs" if feature == "inputs" else side
+                problems.append(
+                    f"{name}: {over} of {len(sizes[feature])} examples have {feature} longer "
+                    f"than {limit} tokens (longest {max(sizes[feature])}); raise "
+                    f"TASK_FEATURE_LENGTHS['{key}']"
+                )
+    if problems and not allow_truncation:
+        raise ConfigError(
+            "feature lengths would truncate examples:\n  "
+            + "\n  ".join(problems)
+            + "\n(or bind train.allow_truncation = True to truncate them)"
+        )
+    for problem in problems:
+        logging.warning("truncating: %s", problem)
+
+
+# -------------------------------------------------------------------------------------------
+# Data
+# -------------------------------------------------------------------------------------------
+
+
+def _model_features(side: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in side.items() if k != EXAMPLE_HASH}
+
+
+def host_batches(
+    sides: Mapping[str, tuple[str, Lengths]],
+    batch_size: int,
+    seed: int,
+    data_shards: int,
+    start_step: int,
+    pack: bool,
+) -> Iterator[dict]:
+    """This host's rows of each global batch. The training split is read as `data_shards`
+    shards, each contributing `batch_size / data_shards` rows per step; a host reads its
+    contiguous run of shards. The global batch is therefore the same whatever the number
+    of hosts, and a restart at `start_step` continues the same stream."""
+    paired = all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in sides.values())
+    per_host = data_shards // jax.process_count()
+    first = jax.process_index() * per_host
+    streams = []
+    for shard in range(first, first + per_host):
+        info = seqio.ShardInfo(index=shard, num_shards=data_shards)
+        rows = batch_size // data_shards
+        if paired:
+            streams.append(paired_batches(sides, TRAIN, rows, seed, info, start_step=start_step))
+        else:
+            streams.append(independent_batches(sides, TRAIN, rows, seed, info, pack, start_step))
+    iterators = [stream.as_numpy_iterator() for stream in streams]
+    while True:
+        parts = [next(iterator) for iterator in iterators]
+        yield {
+            side: {k: np.concatenate([p[side][k] for p in parts]) for k in parts[0][side]}
+            for side in parts[0]
+        }
+
+
+def _count_tokens(batch: Mapping[str, Mapping[str, np.ndarray]]) -> int:
+    return sum(
+        int(np.count_nonzero(features[name]))
+        for features in batch.values()
+        for name in ("encoder_input_tokens", "decoder_target_tokens")
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# Evaluation
+# -------------------------------------------------------------------------------------------
+
+
+class Validation:
+    """Teacher-forced loss per task, and the label task's metrics from greedy decoding, on
+    the validation split (never test: runs are selected on validation)."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        sides: Mapping[str, tuple[str, Lengths]],
+        batch_size: int,
+        num_examples: int | None,
+    ):
+        self.trainer, self.batch_size, self.sides = trainer, batch_size, sides
+        self.loss_batches = {
+            side: list(self._loss_dataset(name, lengths, num_examples))
+            for side, (name, lengths) in sides.items()
+        }
+        name, lengths = sides[losses.LABEL]
+        self.label = TaskEvaluator(name, VALIDATION, lengths, batch_size, num_examples)
+
+    def _loss_dataset(self, name: str, lengths: Lengths, num_examples: int | None):
+        dataset = seqio.get_dataset(
+            name,
+            task_feature_lengths=dict(lengths),
+            dataset_split=VALIDATION,
+            shuffle=False,
+            num_epochs=1,
+            feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        )
+        if num_examples:
+            dataset = dataset.take(num_examples)
+        for batch in padded_batches(dataset, self.batch_size):
+            batch.pop("rows")
+            yield batch
+
+    def losses(self, params) -> dict[str, float]:
+        figures = {}
+        for side, batches in self.loss_batches.items():
+            total, tokens = 0.0, 0.0
+            for batch in batches:
+                global_batch = partitioning.global_batch(self.trainer.mesh, _host_rows(batch))
+                sums = self.trainer.run_eval_step(params, {side: global_batch})[side]
+                total, tokens = total + float(sums[0]), tokens + float(sums[1])
+            figures[f"loss/{side}"] = total / max(tokens, 1.0)
+        return figures
+
+    def evaluate(self, params) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        """Validation losses and the label task's metrics (per task of a mixture, and their
+        mean as `accuracy` when they have one), plus per-example rows."""
+        figures = self.losses(params)
+        metrics, rows = self.label.evaluate(self.decoder(params))
+        for task, values in metrics.items():
+            figures.update({f"{task}/{k}": v for k, v in values.items()})
+        accuracies = [v["accuracy"] for v in metrics.values() if "accuracy" in v]
+        if accuracies:
+            figures["accuracy"] = float(np.mean(accuracies))
+        return figures, rows
+
+    def decoder(self, params):
+        mesh, config = self.trainer.mesh, self.trainer.config
+        max_length = self.sides[losses.LABEL][1]["targets"]
+
+        def decode(tokens: np.ndarray) -> np.ndarray:
+            inputs = partitioning.global_batch(mesh, _host_rows({"t": tokens}))["t"]
+            output = decoding.generate(config, params, inputs, max_length)
+            return partitioning.gather(output)
+
+        return decode
+
+
+def _host_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This host's equal share of rows of a batch every host holds whole."""
+    hosts, index = jax.process_count(), jax.process_index()
+    return {k: np.array_split(v, hosts)[index] for k, v in batch.items()}
+
+
+# -------------------------------------------------------------------------------------------
+# Outputs
+# -------------------------------------------------------------------------------------------
+
+
+class Summaries:
+    """TensorBoard scalars under MODEL_DIR/{train,validation}, written by the first host."""
+
+    def __init__(self, model_dir: str):
+        self.writers = {}
+        self.model_dir = model_dir
+
+    def write(self, kind: str, step: int, scalars: Mapping[str, float]) -> None:
+        if jax.process_index() != 0:
+            return
+        if kind not in self.writers:
+            self.writers[kind] = tf.summary.create_file_writer(os.path.join(self.model_dir, kind))
+        with self.writers[kind].as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+        self.writers[kind].flush()
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can save and stop at the end of the step."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def reached(self) -> bool:
+        """True on every host once any host was asked to stop."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = partitioning.gather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+
+# -------------------------------------------------------------------------------------------
+# The run
+# -------------------------------------------------------------------------------------------
+
+
+def _initial_state(
+    trainer: Trainer, saved: TrainCheckpoints, initial_checkpoint_path: str | None, seed: int
+) -> tuple[TrainState, dict | None]:
+    step = saved.latest_step()
+    if step is not None:
+        print(f"dsbs-train: resuming from the checkpoint at step {step}", file=sys.stderr)
+        return saved.restore(step, trainer.abstract_state, trainer.state_sharding)
+    if not initial_checkpoint_path:
+        return trainer.create_state(seed), None
+    try:
+        _, params = checkpoints.load(initial_checkpoint_path)
+        checkpoints.check_params(trainer.config, params, initial_checkpoint_path)
+    except (checkpoints.CheckpointError, FileNotFoundError) as error:
+        raise ConfigError(
+            f"INITIAL_CHECKPOINT_PATH does not fit MODEL_CONFIG: {error} (include the matching "
+            "gin/models/ file)"
+        ) from None
+    return trainer.create_state(seed, params), None
+
+
+def _finite(metrics: Mapping[str, float], step: int) -> None:
+    """Stop on a NaN or Inf loss, gradient or parameter norm, before this step is saved."""
+    bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+        raise NonFiniteLoss(
+            f"step {step}: non-finite {bad}; the newest checkpoint on disk predates this step "
+            "(lower the learning rate, or check the data)"
+        )
+
+
+def train(
+    model_dir: str = gin.REQUIRED,
+    model_config: T5Config = gin.REQUIRED,
+    mode: str = gin.REQUIRED,
+    label_task: str = gin.REQUIRED,
+    rationale_task: str | None = None,
+    task_feature_lengths: Lengths = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    optimizer: Optimizer = gin.REQUIRED,
+    alpha: float = 0.5,
+    checkpoint_period: int = 1000,
+    eval_period: int = 1000,
+    initial_checkpoint_path: str | None = None,
+    registered_tasks: Sequence[str] = (),
+    seed: int = 0,
+    num_microbatches: int = 1,
+    model_parallelism: int = 1,
+    loss_options: LossOptions | None = None,
+    keep_checkpoints: int = 3,
+    keep_best: int = 1,
+    eval_batch_size: int = 64,
+    eval_examples: int | None = None,
+    final_eval_splits: Sequence[str] = (VALIDATION,),
+    log_period: int = 10,
+    data_shards: int | None = None,
+    pack: bool = False,
+    allow_truncation: bool = False,
+    peak_flops_per_device: float | None = None,
+) -> TrainResult:
+    """Train until `train_steps` (or SIGTERM), evaluating and checkpointing periodically.
+
+    `registered_tasks` is there for gin: binding it to `@registry.register()` registers the
+    tasks (with a data dir, vocabulary and training fraction) before they are looked up.
+    """
+    del registered_tasks
+    unset = [name for name, value in locals().items() if value is gin.REQUIRED]
+    if unset:
+        raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/train.gin)")
+    try:
+        weights = losses.task_weights(mode, alpha)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    sides = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
+    mesh = partitioning.make_mesh(model_parallelism)
+    data_shards = data_shards or jax.process_count()
+    check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards)
+    check_lengths(sides, allow_truncation)
+
+    loss_options = loss_options or LossOptions()
+    trainer = Trainer(model_config, optimizer, mesh, weights, loss_options, num_microbatches)
+    saved = TrainCheckpoints(
+        os.path.join(model_dir, "checkpoints"), keep_checkpoints, keep_best, "accuracy"
+    )
+    state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
+    step = int(state.step)
+    data_position = {"step": step, "batch_size": batch_size, "seed": seed, "shards": data_shards}
+    if position is not None and {**position, "step": step} != data_position:
+        raise ConfigError(
+            f"the checkpoint at step {step} was trained with data {position}; this run has "
+            f"{data_position}: resume with the same BATCH_SIZE, seed and data_shards"
+        )
+    if jax.process_index() == 0:
+        write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
+
+    validation = Validation(trainer, sides, eval_batch_size, eval_examples)
+    loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
+    loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
+    batches = host_batches(sides, batch_size, seed, data_shards, step, pack)
+    try:
+        state, preempted = loop.run(
+            state, batches, train_steps, log_period, checkpoint_period, eval_period
+        )
+    finally:
+        saved.wait()  # saves already started are of good steps: let them land
+        saved.close()
+    final, predictions = {}, []
+    if not preempted:
+        decode = validation.decoder(state.params)
+        name, lengths = sides[losses.LABEL]
+        for split in final_eval_splits:
+            evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
+            final[split], rows = evaluator.evaluate(decode)
+            predictions += _write_predictions(model_dir, split, int(state.step), rows)
+    step = int(state.step)
+    return TrainResult(model_dir, step, preempted, loop.last_eval, final, predictions)
+
+
+class _Loop:
+    """The training loop: steps, logs, periodic evaluation and checkpoints, preemption."""
+
+    def __init__(self, trainer, saved, validation, summaries, data_position):
+        self.trainer, self.saved, self.validation = trainer, saved, validation
+        self.summaries, self.data_position = summaries, data_position
+        self.peak_flops: float | None = None
+        self.last_eval: dict = {}
+
+    def _evaluate(self, state: TrainState, progress: Progress) -> dict:
+        step = int(state.step)
+        self.last_eval, _ = self.validation.evaluate(state.params)
+        self.summaries.write(VALIDATION, step, self.last_eval)
+        progress.note(step, VALIDATION, self.last_eval)
+        # Checkpoints are ranked by accuracy; a label task without one by its loss.
+        return {"accuracy": self.last_eval.get("accuracy", -self.last_eval["loss/label"])}
+
+    def run(
+        self,
+        state: TrainState,
+        batches: Iterator[dict],
+        train_steps: int,
+        log_period: int,
+        checkpoint_period: int,
+        eval_period: int,
+    ) -> tuple[TrainState, bool]:
+        """Train to `train_steps`; returns the state and whether SIGTERM stopped it first."""
+        trainer, mesh = self.trainer, self.trainer.mesh
+        batch_size = self.data_position["batch_size"]
+        step = int(state.step)
+        preemption = _Preemption()
+        progress = Progress(train_steps, step)
+        throughput = None
+        while step < train_steps:
+            local = next(batches)
+            batch = partitioning.global_batch(
+                mesh, {side: _model_features(f) for side, f in local.items()}
+            )
+            if throughput is None:
+                # Both per device: XLA counts the FLOPs of one device's share of the step.
+                throughput = Throughput(trainer.flops_per_step(state, batch), self.peak_flops)
+            state, metrics = trainer.run_train_step(state, batch)
+            step += 1
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _finite(metrics, step)
+            throughput.add(batch_size, _count_tokens(local) * jax.process_count())
+            last = step == train_steps
+            if step % log_period == 0 or last:
+                self.summaries.write(TRAIN, step, {**metrics, **throughput.read()})
+            progress.update(step, metrics["loss"], batch_size, force=last)
+            evaluated = self._evaluate(state, progress) if step % eval_period == 0 or last else None
+            preempted = preemption.reached()
+            if step % checkpoint_period == 0 or last or preempted or evaluated:
+                position = {**self.data_position, "step": step}
+                self.saved.save(state, trainer.config, position, evaluated)
+            if preempted:
+                logging.warning("SIGTERM: saved step %d and stopping", step)
+                return state, True
+        return state, False
+
+
+def _write_predictions(model_dir: str, split: str, step: int, rows: dict) -> list[str]:
+    """One JSONL per task: `predictions/{task}_{split}_{step}.jsonl` (first host writes)."""
+    paths = [
+        os.path.join(model_dir, "predictions", f"{task}_{split}_{step}.jsonl") for task in rows
+    ]
+    if jax.process_index() == 0:
+        for path, task_rows in zip(paths, rows.values(), strict=True):
+            write_jsonl(path, task_rows)
+    return paths
+
+
+# -------------------------------------------------------------------------------------------
+# Command line
+# -------------------------------------------------------------------------------------------
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """argparse for the plain flags; `--gin.NAME=VALUE` become gin bindings `NAME=VALUE`."""
+    parser = argparse.ArgumentParser(prog="dsbs-train", description=__doc__.split("\n")[0])
+    parser.add_argument("--gin_file", action="append", default=[], help="a gin file (repeatable)")
+    parser.add_argument("--coordinator_address", help="HOST:PORT of process 0 (several hosts)")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    gin_args = [a for a in argv if a.startswith("--gin.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
+    if not args.gin_file:
+        parser.error("give at least one --gin_file (for example gin/runs/quickstart.gin)")
+    return args, [a.removeprefix("--gin.") for a in gin_args]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    partitioning.initialize_distributed(
+        args.coordinator_address, args.num_processes, args.process_id
+    )
+    try:
+        gin_utils.parse(args.gin_file, bindings)
+    except (ValueError, FileNotFoundError) as error:  # gin reports unknown names this way
+        print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = gin.get_configurable(train)()
+    except ConfigError as error:
+        print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"dsbs-train: {error}", file=sys.stderr)
+        return 1
+    if jax.process_index() == 0:
+        print(f"dsbs-train: {result.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    # gin knows `dsbs_jax.train.train`, not this `__main__` copy of it: run the package's.
+    from dsbs_jax.train import main as package_main
+
+    sys.exit(package_main())

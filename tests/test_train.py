@@ -1,0 +1,277 @@
+"""`dsbs-train` end to end on the synthetic task: resumption, preemption, several hosts,
+configuration errors and the guard against non-finite losses."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsbs_jax import checkpoints, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny model over the quickstart's vocabulary, bound over the quickstart's model.
+TINY = dict(
+    emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1
+)
+TINY_MODEL = [f"--gin.T5Config.{name}={value}" for name, value in TINY.items()]
+
+
+def _flags(model_dir: Path, data_dir: Path, steps: int, *extra: str) -> list[str]:
+    """The quickstart with a tiny model, few steps, per-step logs and a short evaluation."""
+    return [
+        "--gin_file=gin/runs/quickstart.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.DATA_DIR='{data_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.EVAL_PERIOD=1000",
+        "--gin.train.log_period=1",
+        "--gin.train.eval_examples=16",
+        "--gin.train.final_eval_splits=['validation']",
+        *TINY_MODEL,
+        *extra,
+    ]
+
+
+def _command(flags: list[str]) -> list[str]:
+    return [sys.executable, "-m", "dsbs_jax.train", *flags]
+
+
+def _environment(devices: int = 1) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def _run(flags: list[str], devices: int = 1) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        _command(flags), cwd=ROOT, env=_environment(devices), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def scalars(directory: Path, tag: str) -> dict[int, float]:
+    """A TensorBoard tag's value per step; a step written again (after a restart) counts
+    with its newest value."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted(directory.glob("events.out.tfevents.*"), key=os.path.getmtime):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def _final_params(model_dir: Path):
+    return checkpoints.load(model_dir / "checkpoints")[1]
+
+
+def _assert_same_params(a, b) -> None:
+    import jax
+
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a, b)
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, directory: Path, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not directory.exists():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"no {directory} after {timeout} s"
+        time.sleep(0.02)
+
+
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tfds_data_dir) -> Path:
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    _run(_flags(model_dir, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10"))
+    return model_dir
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path, tfds_data_dir):
+    flags = _flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10")
+    process = subprocess.Popen(
+        _command(flags), cwd=ROOT, env=_environment(), stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_checkpoint(process, tmp_path / "checkpoints" / "10")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "checkpoints" / str(STEPS)).exists(), "killed too late to test"
+    _run(flags)
+    expected = scalars(uninterrupted / "train", "loss")
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert scalars(tmp_path / "train", "loss") == expected
+    _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds_data_dir):
+    flags = _flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=1000")
+    process = subprocess.Popen(
+        _command(flags),
+        cwd=ROOT,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    train_dir = tmp_path / "train"
+    _wait_for_checkpoint(process, train_dir)  # training has started
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "(SIGTERM)" in stdout
+    saved = checkpoints.detect_format(tmp_path / "checkpoints")
+    assert saved == "orbax"
+    stopped_at = int(stdout.split("stopped at step ")[1].split()[0])
+    assert 0 < stopped_at < STEPS
+    assert (tmp_path / "checkpoints" / str(stopped_at)).exists()
+    _run(flags)
+    assert scalars(tmp_path / "train", "loss") == scalars(uninterrupted / "train", "loss")
+    _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, tfds_data_dir):
+    steps = 4
+    shards = ["--gin.train.data_shards=2", "--gin.CHECKPOINT_PERIOD=1000"]
+    single = tmp_path / "single"
+    _run(_flags(single, tfds_data_dir, steps, *shards), devices=4)
+    multi = tmp_path / "multi"
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            _command(
+                [
+                    *_flags(multi, tfds_data_dir, steps, *shards),
+                    f"--coordinator_address={address}",
+                    "--num_processes=2",
+                    f"--process_id={index}",
+                ]
+            ),
+            cwd=ROOT,
+            env=_environment(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    single_losses = scalars(single / "train", "loss")
+    multi_losses = scalars(multi / "train", "loss")
+    assert sorted(single_losses) == list(range(1, steps + 1))
+    np.testing.assert_allclose(
+        [multi_losses[s] for s in sorted(single_losses)],
+        [single_losses[s] for s in sorted(single_losses)],
+        rtol=1e-5,
+    )
+
+
+def _main(tmp_path, tfds_data_dir, *extra) -> int:
+    import gin
+
+    gin.clear_config()
+    return train.main(_flags(tmp_path, tfds_data_dir, 2, *extra))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--gin.train.not_an_argument=1"], "not_an_argument"),
+        (["--gin.BATCH_SIZE=6"], "BATCH_SIZE 6 must be a multiple of the data axis (4 devices)"),
+        (
+            ["--gin.TASK_FEATURE_LENGTHS={'inputs': 20, 'label': 8, 'rationale': 144}"],
+            "raise TASK_FEATURE_LENGTHS['inputs']",
+        ),
+        (["--gin.LABEL_TASK='no_such_task'"], "label task 'no_such_task' is not registered"),
+        (["--gin.MODE='distill'"], "MODE must be one of standard, dsbs, cot"),
+    ],
+)
+def test_configuration_errors_stop_before_training(extra, message, tmp_path, tfds_data_dir, capsys):
+    assert _main(tmp_path, tfds_data_dir, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
+    tmp_path, tfds_data_dir, capsys
+):
+    # Warmup from 0 makes step 1 harmless; step 2's enormous rate blows the parameters up.
+    explode = [
+        "--gin.optimizers.adamw.learning_rate=1e38",
+        "--gin.optimizers.adamw.warmup_steps=2",
+        "--gin.CHECKPOINT_PERIOD=1",
+    ]
+    assert _main(tmp_path, tfds_data_dir, *explode) == 1
+    assert "step 2: non-finite" in capsys.readouterr().err
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [1]
+    params = checkpoints.load(tmp_path / "checkpoints")[1]
+    import jax
+
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tasks, monkeypatch):
+    import jax
+
+    lengths = {"inputs": 64, "label": 6, "rationale": 80}
+    sides = train.task_lengths(
+        "dsbs", "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale", lengths
+    )
+
+    def first_batch(hosts: int, index: int) -> dict:
+        monkeypatch.setattr(jax, "process_count", lambda: hosts)
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        return next(train.host_batches(sides, 8, seed=0, data_shards=2, start_step=0, pack=False))
+
+    whole = first_batch(1, 0)
+    hosts = [first_batch(2, index) for index in range(2)]
+    hashes = [set(h["label"]["example_hash"].ravel()) for h in hosts]
+    assert len(hashes[0]) == len(hashes[1]) == 4 and not hashes[0] & hashes[1]
+    for side in ("label", "rationale"):
+        for feature, value in whole[side].items():
+            joined = np.concatenate([h[side][feature] for h in hosts])
+            np.testing.assert_array_equal(joined, value, err_msg=f"{side}/{feature}")
+
+
+def test_training_starts_from_a_hugging_face_checkpoint(tmp_path, tfds_data_dir, capsys):
+    import jax
+    from flax.linen import meta
+
+    from dsbs_jax.models import T5, T5Config
+
+    config = T5Config(vocab_size=256, **TINY)
+    tokens = np.ones((1, 1), np.int32)
+    params = T5(config).init(jax.random.key(7), tokens, tokens)["params"]
+    params = jax.tree.map(np.asarray, meta.unbox(params))
+    checkpoints.save_hf(tmp_path / "hf", config, params)
+    frozen = ["--gin.optimizers.adamw.learning_rate=0.0", "--gin.CHECKPOINT_PERIOD=1"]
+    start = [f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'hf'}'", *frozen]
+    assert _main(tmp_path / "run", tfds_data_dir, *start) == 0
+    _assert_same_params(_final_params(tmp_path / "run"), params)
+
+    wider = [f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'hf'}'", "--gin.T5Config.emb_dim=32"]
+    assert _main(tmp_path / "wider", tfds_data_dir, *wider) == 2
+    assert "INITIAL_CHECKPOINT_PATH does not fit MODEL_CONFIG" in capsys.readouterr().err
