@@ -199,24 +199,34 @@ class Trainer:
 
         return jax.tree.map(split, {task: batch[task] for task in self.task_weights})
 
-    def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        use_dropout = self.config.dropout_rate > 0
-        normalizers = self._normalizers(batch)
+    def _gradients(self, params: Params, batch: Batch, normalizers, step_rng: jax.Array):
+        """Blended loss, per-task (sums, tokens) and gradients of the whole batch: in one
+        pass, or summed over microbatches by `lax.scan` (microbatch i uses dropout key i)."""
         grad_fn = jax.value_and_grad(self._microbatch_loss, has_aux=True)
+        use_dropout = self.config.dropout_rate > 0
+
+        def microbatch_gradients(index, microbatch):
+            rng = jax.random.fold_in(step_rng, index) if use_dropout else None
+            (loss, aux), grads = grad_fn(params, microbatch, normalizers, rng)
+            return loss, aux, grads
+
+        if self.num_microbatches == 1:
+            return microbatch_gradients(0, {task: batch[task] for task in self.task_weights})
 
         def accumulate(carry, indexed):
-            index, microbatch = indexed
-            rng = jax.random.fold_in(step_rng, index) if use_dropout else None
-            (loss, aux), grads = grad_fn(state.params, microbatch, normalizers, rng)
-            return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+            return jax.tree.map(jnp.add, carry, microbatch_gradients(*indexed)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zeros = jax.tree.map(jnp.zeros_like, params)
         tasks = {task: jnp.zeros((), jnp.float32) for task in self.task_weights}
         init = (jnp.zeros((), jnp.float32), (tasks, tasks), zeros)
-        microbatches = self._microbatches(batch)
         indices = jnp.arange(self.num_microbatches)
-        (loss, (sums, tokens), grads), _ = jax.lax.scan(accumulate, init, (indices, microbatches))
+        totals, _ = jax.lax.scan(accumulate, init, (indices, self._microbatches(batch)))
+        return totals
+
+    def _train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        normalizers = self._normalizers(batch)
+        loss, (sums, tokens), grads = self._gradients(state.params, batch, normalizers, step_rng)
         updates, opt_state = self.optimizer.transform.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
