@@ -275,3 +275,17 @@ def test_training_starts_from_a_hugging_face_checkpoint(tmp_path, tfds_data_dir,
     wider = [f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'hf'}'", "--gin.T5Config.emb_dim=32"]
     assert _main(tmp_path / "wider", tfds_data_dir, *wider) == 2
     assert "INITIAL_CHECKPOINT_PATH does not fit MODEL_CONFIG" in capsys.readouterr().err
+
+
+def test_adafactor_loss_options_and_accumulation_are_gin_bindings(tmp_path, tfds_data_dir):
+    options = [
+        "--gin.train.optimizer=@optimizers.adafactor()",
+        "--gin.LossOptions.z_loss=1e-4",
+        "--gin.LossOptions.label_smoothing=0.1",
+        "--gin.train.num_microbatches=2",
+    ]
+    assert _main(tmp_path, tfds_data_dir, *options) == 0
+    assert scalars(tmp_path / "train", "learning_rate") == pytest.approx({1: 1e-3, 2: 1e-3})
+    assert all(np.isfinite(v) for v in scalars(tmp_path / "train", "loss").values())
+    config = (tmp_path / "config.gin").read_text()
+    assert "z_loss = 0.0001" in config and "num_microbatches = 2" in config
