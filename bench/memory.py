@@ -74,25 +74,11 @@ from dsbs_jax.trainer import Trainer  # noqa: E402
 GIB = 2**30
 
 
-def abstract(tree, shardings) -> object:
-    """`ShapeDtypeStruct`s of `tree`'s leaves placed by `shardings` (a tree or one sharding)."""
-    if isinstance(shardings, jax.sharding.Sharding):
-        shardings = jax.tree.map(lambda _: shardings, tree)
-    return jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        tree,
-        shardings,
-    )
-
-
 def compile_step(trainer: Trainer, batch: Batch) -> jax.stages.Compiled:
     """The compiled training step for the abstract state and `batch`'s shapes."""
-    state = abstract(trainer.abstract_state, trainer.state_sharding)
-    arrays = abstract(batch, partitioning.batch_sharding(trainer.mesh))
-    # The model's activation constraints need the mesh and the logical axis rules, which
-    # `Trainer` sets up only inside its run_* methods.
-    with trainer.scope():
-        return trainer.train_step.lower(state, arrays).compile()
+    state = partitioning.abstract_arrays(trainer.abstract_state, trainer.state_sharding)
+    arrays = partitioning.abstract_arrays(batch, partitioning.batch_sharding(trainer.mesh))
+    return trainer.compiled_train_step(state, arrays)
 
 
 def memory_figures(stats) -> dict[str, float]:

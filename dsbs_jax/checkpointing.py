@@ -7,24 +7,17 @@ manager keeps the newest `keep` and the `keep_best` best by a validation metric.
 """
 
 import dataclasses
-from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from dsbs_jax import partitioning
 from dsbs_jax.checkpoints import ORBAX_CONFIG_ITEM, ORBAX_PARAMS_ITEM
 from dsbs_jax.models import T5Config
 from dsbs_jax.trainer import TrainState
 
 TRAIN_STATE_ITEM, DATA_ITEM = "train_state", "data"
-
-
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
 
 
 class TrainCheckpoints:
@@ -80,7 +73,7 @@ class TrainCheckpoints:
         self, step: int, abstract_state: TrainState, sharding: TrainState
     ) -> tuple[TrainState, dict]:
         """The state saved at `step`, placed by `sharding`, and its data position."""
-        target = _abstract(abstract_state, sharding)
+        target = partitioning.abstract_arrays(abstract_state, sharding)
         train_state = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
         restored = self.manager.restore(
             step,

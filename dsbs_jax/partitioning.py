@@ -40,9 +40,10 @@ def make_mesh(model_parallelism: int = 1) -> Mesh:
     """All devices of all hosts as `data` x `model`; each host's devices are contiguous in
     the `data` axis, so a host's rows of a global batch sit on its own devices."""
     devices = np.array(jax.devices())
-    if devices.size % model_parallelism:
+    if model_parallelism < 1 or jax.local_device_count() % model_parallelism:
         raise ValueError(
-            f"the model axis ({model_parallelism}) must divide the {devices.size} devices"
+            f"model_parallelism ({model_parallelism}) must divide each host's "
+            f"{jax.local_device_count()} devices: a model axis spans one host"
         )
     return Mesh(devices.reshape(-1, model_parallelism), (DATA, MODEL))
 
@@ -52,6 +53,18 @@ def logical_shardings(mesh: Mesh, boxed_tree) -> object:
     as `jax.eval_shape(model.init, ...)` returns); unnamed leaves are replicated."""
     specs = nn.get_partition_spec(boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def abstract_arrays(tree, shardings) -> object:
+    """`jax.ShapeDtypeStruct`s of `tree`'s leaves placed by `shardings` (a matching tree, or
+    one sharding for all): what Orbax restores into and what lowering a step needs."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        tree,
+        shardings,
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

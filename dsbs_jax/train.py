@@ -130,6 +130,17 @@ def check_batch(
         )
 
 
+def check_splits(task_name: str, splits: Sequence[str]) -> None:
+    """Every final evaluation split must exist for some task of `task_name` with metrics."""
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
+    for split in splits:
+        if not any(task.metric_fns and split in task.splits for task in tasks):
+            raise ConfigError(
+                f"train.final_eval_splits has {split!r}, which no task of {task_name} with "
+                "metrics has"
+            )
+
+
 def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bool) -> None:
     """Stop before training if the feature lengths truncate examples of the training split
     (scanning up to `LENGTH_SCAN_EXAMPLES` of each task), unless truncation is allowed."""
@@ -181,8 +192,9 @@ def host_batches(
 ) -> Iterator[dict]:
     """This host's rows of each global batch. The training split is read as `data_shards`
     shards, each contributing `batch_size / data_shards` rows per step; a host reads its
-    contiguous run of shards. The global batch is therefore the same whatever the number
-    of hosts, and a restart at `start_step` continues the same stream."""
+    contiguous run of shards. For a given `data_shards`, the global batch is therefore the
+    same whatever the number of hosts, and a restart at `start_step` continues the same
+    stream."""
     paired = all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in sides.values())
     per_host = data_shards // jax.process_count()
     first = jax.process_index() * per_host
@@ -236,21 +248,26 @@ class Validation:
         self.label = TaskEvaluator(name, VALIDATION, lengths, batch_size, num_examples)
 
     def _loss_dataset(self, name: str, lengths: Lengths, num_examples: int | None):
-        dataset = seqio.get_dataset(
-            name,
-            task_feature_lengths=dict(lengths),
-            dataset_split=VALIDATION,
-            shuffle=False,
-            num_epochs=1,
-            feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        )
-        if num_examples:
-            dataset = dataset.take(num_examples)
-        for batch in padded_batches(dataset, self.batch_size):
-            batch.pop("rows")
-            yield batch
+        """Padded batches of each task of `name` (a mixture's tasks one after another, in
+        full: sampling a mixture would stop at its first exhausted task)."""
+        for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+            if VALIDATION not in task.splits:
+                continue
+            dataset = seqio.get_dataset(
+                task.name,
+                task_feature_lengths=dict(lengths),
+                dataset_split=VALIDATION,
+                shuffle=False,
+                num_epochs=1,
+                feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            )
+            if num_examples:
+                dataset = dataset.take(num_examples)
+            for batch in padded_batches(dataset, self.batch_size):
+                batch.pop("rows")
+                yield batch
 
-    def losses(self, params) -> dict[str, float]:
+    def task_losses(self, params) -> dict[str, float]:
         figures = {}
         for side, batches in self.loss_batches.items():
             total, tokens = 0.0, 0.0
@@ -264,7 +281,7 @@ class Validation:
     def evaluate(self, params) -> tuple[dict[str, float], dict[str, list[dict]]]:
         """Validation losses and the label task's metrics (per task of a mixture, and their
         mean as `accuracy` when they have one), plus per-example rows."""
-        figures = self.losses(params)
+        figures = self.task_losses(params)
         metrics, rows = self.label.evaluate(self.decoder(params))
         for task, values in metrics.items():
             figures.update({f"{task}/{k}": v for k, v in values.items()})
@@ -315,11 +332,18 @@ class Summaries:
 
 
 class _Preemption:
-    """Remembers a SIGTERM so the loop can save and stop at the end of the step."""
+    """While active, a SIGTERM only sets a flag: the loop saves and stops at the end of the
+    step, and a run stopped before its loop or after it exits as it would have."""
 
     def __init__(self):
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
+
+    def __enter__(self) -> "_Preemption":
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -343,7 +367,8 @@ def _initial_state(
 ) -> tuple[TrainState, dict | None]:
     step = saved.latest_step()
     if step is not None:
-        print(f"dsbs-train: resuming from the checkpoint at step {step}", file=sys.stderr)
+        if jax.process_index() == 0:
+            print(f"dsbs-train: resuming from the checkpoint at step {step}", file=sys.stderr)
         return saved.restore(step, trainer.abstract_state, trainer.state_sharding)
     if not initial_checkpoint_path:
         return trainer.create_state(seed), None
@@ -407,51 +432,67 @@ def train(
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
     if unset:
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/train.gin)")
+    periods = {"CHECKPOINT_PERIOD": checkpoint_period, "EVAL_PERIOD": eval_period}
+    periods |= {"train.log_period": log_period, "train.num_microbatches": num_microbatches}
+    if any(value < 1 for value in periods.values()):
+        raise ConfigError(f"these must be at least 1: {periods}")
     try:
         weights = losses.task_weights(mode, alpha)
+        mesh = partitioning.make_mesh(model_parallelism)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     sides = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
-    mesh = partitioning.make_mesh(model_parallelism)
+    check_splits(sides[losses.LABEL][0], final_eval_splits)
     data_shards = data_shards or jax.process_count()
     check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards)
     check_lengths(sides, allow_truncation)
 
-    loss_options = loss_options or LossOptions()
-    trainer = Trainer(model_config, optimizer, mesh, weights, loss_options, num_microbatches)
+    trainer = Trainer(
+        model_config, optimizer, mesh, weights, loss_options or LossOptions(), num_microbatches
+    )
     saved = TrainCheckpoints(
         os.path.join(model_dir, "checkpoints"), keep_checkpoints, keep_best, "accuracy"
     )
-    state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
-    step = int(state.step)
-    data_position = {"step": step, "batch_size": batch_size, "seed": seed, "shards": data_shards}
-    if position is not None and {**position, "step": step} != data_position:
-        raise ConfigError(
-            f"the checkpoint at step {step} was trained with data {position}; this run has "
-            f"{data_position}: resume with the same BATCH_SIZE, seed and data_shards"
-        )
-    if jax.process_index() == 0:
-        write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
+    with _Preemption() as preemption:
+        state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
+        step = int(state.step)
+        data_position = {
+            "step": step,
+            "batch_size": batch_size,
+            "seed": seed,
+            "shards": data_shards,
+            "pack": pack,
+        }
+        if position is not None and {**position, "step": step} != data_position:
+            raise ConfigError(
+                f"the checkpoint at step {step} was trained with data {position}; this run "
+                f"has {data_position}: resume with the same BATCH_SIZE, seed, data_shards "
+                "and pack"
+            )
+        if jax.process_index() == 0:
+            write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
 
-    validation = Validation(trainer, sides, eval_batch_size, eval_examples)
-    loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
-    loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
-    batches = host_batches(sides, batch_size, seed, data_shards, step, pack)
-    try:
-        state, preempted = loop.run(
-            state, batches, train_steps, log_period, checkpoint_period, eval_period
-        )
-    finally:
-        saved.wait()  # saves already started are of good steps: let them land
-        saved.close()
-    final, predictions = {}, []
-    if not preempted:
-        decode = validation.decoder(state.params)
-        name, lengths = sides[losses.LABEL]
-        for split in final_eval_splits:
-            evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
-            final[split], rows = evaluator.evaluate(decode)
-            predictions += _write_predictions(model_dir, split, int(state.step), rows)
+        validation = Validation(trainer, sides, eval_batch_size, eval_examples)
+        loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
+        loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
+        batches = host_batches(sides, batch_size, seed, data_shards, step, pack)
+        try:
+            state, preempted = loop.run(
+                state, batches, preemption, train_steps, log_period, checkpoint_period, eval_period
+            )
+        finally:
+            try:
+                saved.wait()  # saves already started are of good steps: let them land
+            finally:
+                saved.close()
+        final, predictions = {}, []
+        if not (preempted or preemption.requested):
+            decode = validation.decoder(state.params)
+            name, lengths = sides[losses.LABEL]
+            for split in final_eval_splits:
+                evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
+                final[split], rows = evaluator.evaluate(decode)
+                predictions += _write_predictions(model_dir, split, int(state.step), rows)
     step = int(state.step)
     return TrainResult(model_dir, step, preempted, loop.last_eval, final, predictions)
 
@@ -477,6 +518,7 @@ class _Loop:
         self,
         state: TrainState,
         batches: Iterator[dict],
+        preemption: _Preemption,
         train_steps: int,
         log_period: int,
         checkpoint_period: int,
@@ -486,7 +528,6 @@ class _Loop:
         trainer, mesh = self.trainer, self.trainer.mesh
         batch_size = self.data_position["batch_size"]
         step = int(state.step)
-        preemption = _Preemption()
         progress = Progress(train_steps, step)
         throughput = None
         while step < train_steps:
@@ -506,8 +547,9 @@ class _Loop:
             if step % log_period == 0 or last:
                 self.summaries.write(TRAIN, step, {**metrics, **throughput.read()})
             progress.update(step, metrics["loss"], batch_size, force=last)
-            evaluated = self._evaluate(state, progress) if step % eval_period == 0 or last else None
-            preempted = preemption.reached()
+            preempted = preemption.reached()  # then save at once, without evaluating
+            due = step % eval_period == 0 or last
+            evaluated = self._evaluate(state, progress) if due and not preempted else None
             if step % checkpoint_period == 0 or last or preempted or evaluated:
                 position = {**self.data_position, "step": step}
                 self.saved.save(state, trainer.config, position, evaluated)

@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -89,6 +90,7 @@ class Trainer:
             out_shardings=(self.state_sharding, None),
             donate_argnums=0,
         )
+        self._compiled: jax.stages.Compiled | None = None
         self.eval_step = jax.jit(
             self._eval_sums, in_shardings=(self.params_sharding, batch_sharding)
         )
@@ -112,10 +114,8 @@ class Trainer:
         Adafactor's factored rows and columns) is small and replicated."""
         replicated = NamedSharding(self.mesh, PartitionSpec())
 
-        def like_param(leaf, param_sharding):
-            matches = isinstance(leaf, jax.ShapeDtypeStruct) and leaf.ndim == len(
-                param_sharding.spec
-            )
+        def like_param(leaf, param_sharding, param):
+            matches = isinstance(leaf, jax.ShapeDtypeStruct) and leaf.shape == param.shape
             return param_sharding if matches else replicated
 
         opt_sharding = optax.tree_map_params(
@@ -123,6 +123,7 @@ class Trainer:
             like_param,
             abstract_state.opt_state,
             self.params_sharding,
+            abstract_state.params,
             transform_non_params=lambda _: replicated,
         )
         return TrainState(
@@ -139,6 +140,16 @@ class Trainer:
             return self._new_state(params, rng)
 
         in_shardings = (None,) if params is None else (self.params_sharding,)
+        if params is not None:
+            # Host arrays (a checkpoint read on every host) become global arrays: each
+            # device takes its slice, so this works on several hosts and any mesh.
+            params = jax.tree.map(
+                lambda x, sharding: jax.make_array_from_callback(
+                    np.shape(x), sharding, lambda index: np.asarray(x)[index]
+                ),
+                params,
+                self.params_sharding,
+            )
         with self.scope():
             return jax.jit(create, in_shardings=in_shardings, out_shardings=self.state_sharding)(
                 params
@@ -244,16 +255,23 @@ class Trainer:
         """Teacher-forced summed loss and token count per task (no dropout)."""
         return {task: self._task_sums(params, batch[task], None) for task in batch}
 
+    def compiled_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Compiled:
+        """The step compiled for these shapes (arrays or `jax.ShapeDtypeStruct`s), once:
+        every batch of a run has the same shapes, and the FLOP count reads the same
+        executable instead of compiling a second one."""
+        if self._compiled is None:
+            with self.scope():
+                self._compiled = self.train_step.lower(state, batch).compile()
+        return self._compiled
+
     def run_train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         """One optimiser step on a global batch (see `partitioning.global_batch`)."""
-        with self.scope():
-            return self.train_step(state, batch)
+        return self.compiled_train_step(state, batch)(state, batch)
 
     def flops_per_step(self, state: TrainState, batch: Batch) -> float | None:
-        """XLA's count of one device's floating-point operations in the step (None if the backend
-        gives none). It counts what runs: with remat, recomputed forward passes too."""
-        with self.scope():
-            analysis = self.train_step.lower(state, batch).compile().cost_analysis()
+        """XLA's count of one device's floating-point operations in the step (None if the
+        backend gives none). It counts what runs: with remat, recomputed forward passes too."""
+        analysis = self.compiled_train_step(state, batch).cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         return float(analysis["flops"]) if analysis and "flops" in analysis else None
 

@@ -289,3 +289,24 @@ def test_adafactor_loss_options_and_accumulation_are_gin_bindings(tmp_path, tfds
     assert all(np.isfinite(v) for v in scalars(tmp_path / "train", "loss").values())
     config = (tmp_path / "config.gin").read_text()
     assert "z_loss = 0.0001" in config and "num_microbatches = 2" in config
+
+
+def test_a_mixture_trains_and_each_of_its_tasks_is_evaluated(
+    tmp_path, tfds_data_dir, small_vocabulary
+):
+    mixture = [
+        "--gin.MODE='standard'",
+        "--gin.LABEL_TASK='dsbs_label_llm'",
+        f"--gin.VOCABULARY='{small_vocabulary}'",
+        "--gin.T5Config.vocab_size=2200",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'label': 8}",
+        "--gin.train.allow_truncation=True",
+        "--gin.train.pack=True",
+    ]
+    assert _main(tmp_path, tfds_data_dir, *mixture) == 0
+    validation = {tag: scalars(tmp_path / "validation", tag) for tag in ("loss/label", "accuracy")}
+    assert validation["loss/label"][2] > 0
+    for dataset in ("cqa", "svamp", "esnli", "anli1"):
+        task = f"dsbs_{dataset}_label_llm"
+        assert 2 in scalars(tmp_path / "validation", f"{task}/accuracy"), task
+        assert (tmp_path / "predictions" / f"{task}_validation_2.jsonl").exists()
