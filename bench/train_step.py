@@ -21,11 +21,13 @@ n x n matmul in the step's dtype (`common.matmul_peak_gflops`, the best of `jnp.
 unless `--no-torch`, `torch.matmul`).
 
 `--no-torch` times ours alone, and imports neither torch nor transformers: for accelerator
-hosts without them. Nothing here imports TensorFlow.
+hosts without them. `--no-ours` times torch alone (ours is compiled for the FLOP count, never
+run): with `--no-torch` in another process, each side without the other's thread pools.
+Nothing here imports TensorFlow.
 
     python bench/train_step.py [--size small] [--batch 16] [--inputs 128] [--rationale 64]
                                [--label 8] [--steps 5] [--dtype float32|bfloat16] [--remat]
-                               [--no-torch] [--peak-tflops T]
+                               [--no-torch | --no-ours] [--peak-tflops T]
 """
 
 from __future__ import annotations
@@ -177,6 +179,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--remat", action="store_true", help="rematerialise each layer")
     parser.add_argument("--no-torch", action="store_true", help="time ours alone")
+    parser.add_argument(
+        "--no-ours", action="store_true", help="time torch alone (ours only compiled, for FLOPs)"
+    )
     parser.add_argument("--peak-tflops", type=float, help="per-device peak, for MFU")
     return parser.parse_args()
 
@@ -209,7 +214,8 @@ def main() -> None:
     log("compiling ours")
     ours, flops = jax_step(trainer, state, batch)
     del state  # the step owns it now
-    contenders = {"ours": ours, **contenders}
+    if not args.no_ours:
+        contenders = {"ours": ours, **contenders}
     first = ", ".join(f"{name} {fn():.6f}" for name, fn in contenders.items())
     agree = " (same weights and batch: should agree closely)" if len(contenders) > 1 else ""
     log(f"first-step loss: {first}{agree}")
@@ -226,7 +232,7 @@ def main() -> None:
         f"remat={args.remat} devices={devices} {threads}",
         *(figures(name, s, args.batch, flops, peak) for name, s in seconds.items()),
     ]
-    if "torch" in seconds:
+    if len(seconds) == 2:
         parts.append(f"ours/torch {seconds['torch'] / seconds['ours']:.2f}x")
     parts.append(f"{flops * devices / 1e9:.1f} GFLOP/step (XLA cost_analysis)")
     parts.append(f"peak {peak / 1e12:.3g} TFLOP/s per device ({peak_source})" if peak else "")
