@@ -123,6 +123,35 @@ def to_hf(config: T5Config, params: Params) -> transformers.T5ForConditionalGene
     return model.eval()
 
 
+def hf_greedy(
+    model: transformers.T5ForConditionalGeneration,
+    input_ids: Any,
+    attention_mask: Any,
+    max_new_tokens: int,
+    min_new_tokens: int | None = None,
+) -> np.ndarray:
+    """Hugging Face's greedy `generate` under `torch.inference_mode()`, with T5's special
+    ids: the generated ids `[batch, <= max_new_tokens]` without the decoder start token,
+    0 after EOS (rows stop at EOS, the batch when every row has)."""
+    import torch
+
+    from dsbs_jax.decoding import EOS_ID, PAD_ID
+
+    with torch.inference_mode():
+        generated = model.generate(
+            input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            decoder_start_token_id=PAD_ID,
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+        )
+    return generated[:, 1:].numpy()  # drop the decoder start token
+
+
 def build_models(
     config: T5Config, seed: int = 0
 ) -> tuple[Params, transformers.T5ForConditionalGeneration]:

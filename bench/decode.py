@@ -20,6 +20,7 @@ import torch
 from common import (
     SIZES,
     Params,
+    hf_greedy,
     init_params,
     log,
     random_tokens,
@@ -30,7 +31,7 @@ from common import (
 )
 from flax import traverse_util
 
-from dsbs_jax.decoding import EOS_ID, PAD_ID, generate
+from dsbs_jax.decoding import EOS_ID, generate
 
 HEAD = ("decoder", "logits_dense", "kernel")
 
@@ -64,18 +65,7 @@ def main() -> None:
         return np.asarray(generate(config, params, tokens, max_length=args.new))
 
     def theirs() -> np.ndarray:
-        generated = hf_model.generate(
-            input_ids,
-            attention_mask=attention_mask,
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=args.new,
-            min_new_tokens=args.new,
-            decoder_start_token_id=PAD_ID,
-            pad_token_id=PAD_ID,
-            eos_token_id=EOS_ID,
-        )
-        return generated[:, 1:].numpy()  # drop the decoder start token
+        return hf_greedy(hf_model, input_ids, attention_mask, args.new, min_new_tokens=args.new)
 
     log("compiling ours and checking both outputs")
     out_ours, out_theirs = ours(), theirs()

@@ -12,7 +12,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -430,25 +430,26 @@ def _latest_orbax_step(directory: epath.Path) -> epath.Path:
     return max(steps, key=lambda p: int(p.name))
 
 
-def load_orbax(directory: epath.Path) -> tuple[T5Config, Params]:
+def load_orbax(
+    directory: epath.Path, target: Callable[[T5Config], Params] | None = None
+) -> tuple[T5Config, Params]:
+    """Read an Orbax checkpoint (the newest step of a manager's directory). `target(config)`
+    may give the parameters' abstract arrays with shardings: then each host reads only its
+    own shards (a model spread over several hosts needs this)."""
     import orbax.checkpoint as ocp
 
     if not (directory / ORBAX_CONFIG_ITEM).exists():
         directory = _latest_orbax_step(directory)
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            restored = checkpointer.restore(
-                directory.absolute(),
-                args=ocp.args.Composite(
-                    **{
-                        ORBAX_PARAMS_ITEM: ocp.args.StandardRestore(),
-                        ORBAX_CONFIG_ITEM: ocp.args.JsonRestore(),
-                    }
-                ),
-            )
-    except (ValueError, FileNotFoundError, OSError) as error:
+            items = {ORBAX_CONFIG_ITEM: ocp.args.JsonRestore()}
+            saved = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
+            config = T5Config(**saved[ORBAX_CONFIG_ITEM])
+            params_target = target(config) if target else None
+            items = {ORBAX_PARAMS_ITEM: ocp.args.StandardRestore(params_target)}
+            restored = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
+    except (ValueError, FileNotFoundError, OSError, TypeError) as error:
         raise CheckpointError(f"{directory}: not a readable Orbax checkpoint ({error})") from None
-    config = T5Config(**restored[ORBAX_CONFIG_ITEM])
     return config, check_params(config, restored[ORBAX_PARAMS_ITEM], str(directory))
 
 

@@ -1,20 +1,20 @@
-"""Scoring a model on a split: SeqIO's `Evaluator` over our decoding, and teacher-forced loss.
+"""Scoring a model on a split: SeqIO's `Evaluator` over our decoding.
 
-`TaskEvaluator` decodes a task (or each task of a mixture) greedily with whatever
-`decode` function it is given, lets SeqIO postprocess and score the predictions with the
-task's metrics, and returns per-example rows (id, input, target, prediction, parsed
-prediction, correct) for a predictions file. Every host reads the whole split and decodes
-its share of each batch (`decode` gathers the rows back), so all hosts see all results.
+`TaskEvaluator` decodes a task (or each task of a mixture) with whatever `decode` function
+it is given, in batches of similar input length, lets SeqIO postprocess and score the
+predictions with the task's metrics, and returns per-example rows (id, input, target,
+prediction, parsed prediction, correct) for a predictions file. Every host reads the whole
+split and decodes its share of each batch (`decode` gathers the rows back), so all hosts
+see all results.
 """
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from dsbs_jax.files import write_atomically
+from dsbs_jax.progress import Counter
 
 Decode = Callable[[np.ndarray], np.ndarray]
 
@@ -33,8 +33,22 @@ def padded_batches(dataset: tf.data.Dataset, batch_size: int) -> Iterator[dict[s
         yield {"rows": rows, **{k: _pad_rows(v, batch_size) for k, v in batch.items()}}
 
 
-def _with_index(index: tf.Tensor, features: dict) -> dict:
-    return {"index": index, **features}
+def decode_by_length(
+    decode: Decode, inputs: np.ndarray, batch_size: int, progress: Counter | None = None
+) -> np.ndarray:
+    """`decode` over `inputs` in batches of similar length (so `decode` can cut each batch's
+    padding), zero rows padding the last; the outputs come back in the inputs' order."""
+    order = np.argsort(-np.count_nonzero(inputs, axis=1), kind="stable")
+    outputs = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        outputs.append(decode(_pad_rows(inputs[rows], batch_size))[: len(rows)])
+        if progress:
+            progress.update(start + len(rows))
+    decoded = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.int32)
+    result = np.empty_like(decoded)
+    result[order] = decoded
+    return result
 
 
 def _text(value) -> str:
@@ -69,18 +83,23 @@ class TaskEvaluator:
         if not self.evaluators:
             raise ValueError(f"{task_name} has no task with metrics and a {split!r} split")
 
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks scored: each task of the mixture with metrics and this split."""
+        return list(self.evaluators)
+
     def _predict_fn(self, decode: Decode, outputs: dict) -> Callable:
         def predict(dataset: tf.data.Dataset) -> list[tuple[int, list[int]]]:
-            predictions = []
-            indexed = dataset.map(_with_index)
-            for batch in padded_batches(indexed, self.batch_size):
-                rows = batch["rows"]
-                tokens = decode(batch["encoder_input_tokens"])[:rows]
-                for i, row in zip(batch["index"][:rows], tokens, strict=True):
-                    # Fixed length, 0 after EOS: SeqIO stacks them, and decoding stops at EOS.
-                    predictions.append((int(i), [int(t) for t in row]))
-            outputs["tokens"] = predictions
-            return predictions
+            # SeqIO numbers the examples: (index, features).
+            indices, inputs = [], []
+            for index, features in dataset.as_numpy_iterator():
+                indices.append(int(index))
+                inputs.append(features["encoder_input_tokens"])
+            progress = Counter(len(inputs), "examples decoded")
+            tokens = decode_by_length(decode, np.stack(inputs), self.batch_size, progress)
+            # Fixed length, 0 after EOS: SeqIO stacks them, and decoding stops at EOS.
+            outputs["tokens"] = [(i, row.tolist()) for i, row in zip(indices, tokens, strict=True)]
+            return outputs["tokens"]
 
         return predict
 
@@ -117,12 +136,14 @@ class TaskEvaluator:
                     "target": _text(example["targets_pretokenized"]),
                     "prediction": prediction,
                     "parsed_prediction": parsed,
-                    "correct": bool(scores and scores[0].get("accuracy") == 100.0),
+                    "correct": _correct(scores),
                 }
             )
         return rows
 
 
-def write_jsonl(path: str, rows: list[dict]) -> None:
-    """Rows as JSON lines, written atomically."""
-    write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+def _correct(scores: list[dict]) -> bool | None:
+    """Whether the first metric counts the example as right; None if it is not an accuracy
+    (a rationale's ROUGE)."""
+    accuracy = scores[0].get("accuracy") if scores else None
+    return None if accuracy is None else accuracy == 100.0

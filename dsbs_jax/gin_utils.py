@@ -5,13 +5,60 @@ them here. Include paths are resolved against the working directory and the proj
 `gin/` folder, so `include 'models/t5_1_1_base.gin'` works from anywhere.
 """
 
+import argparse
 import logging
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import gin
+from dsbs_jax import partitioning
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+class ConfigError(ValueError):
+    """A run's configuration cannot work; raised before any work starts."""
+
+
+def flag_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The flags every gin-configured binary takes: gin files and the `jax.distributed`
+    coordinates of a multi-host job."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    parser.add_argument("--gin_file", action="append", default=[], help="a gin file (repeatable)")
+    partitioning.add_distributed_flags(parser)
+    return parser
+
+
+def parse_flags(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    """argparse for the plain flags; `--gin.NAME=VALUE` become gin bindings `NAME=VALUE`."""
+    gin_args = [a for a in argv if a.startswith("--gin.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
+    if not args.gin_file:
+        parser.error("give at least one --gin_file (for example gin/runs/quickstart.gin)")
+    return args, [a.removeprefix("--gin.") for a in gin_args]
+
+
+def run_configured(
+    parser: argparse.ArgumentParser,
+    function: Callable[[], Any],
+    argv: Sequence[str],
+    flag_bindings: Callable[[argparse.Namespace], list[str]] = lambda args: [],
+) -> Any:
+    """A gin binary's command line: parse the flags, join the other hosts, parse the gin
+    files and bindings (plus those `flag_bindings` makes of plain flags), and call
+    `function` with its gin bindings. Bad configuration raises `ConfigError`."""
+    args, bindings = parse_flags(parser, argv)
+    partitioning.initialize_distributed(
+        args.coordinator_address, args.num_processes, args.process_id
+    )
+    try:
+        parse(args.gin_file, bindings + flag_bindings(args))
+    except (ValueError, FileNotFoundError) as error:  # gin reports unknown names this way
+        raise ConfigError(str(error)) from None
+    return gin.get_configurable(function)()
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:

@@ -6,6 +6,7 @@ this is data parallelism; a larger `model` axis splits the MLP, the heads and th
 vocabulary across devices, as T5X's default rules do.
 """
 
+import argparse
 import logging
 import os
 from collections.abc import Mapping
@@ -81,11 +82,36 @@ def global_batch(mesh: Mesh, local: Mapping) -> dict:
     )
 
 
+def host_share(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This host's equal share of the rows of a batch that every host holds whole."""
+    hosts, index = jax.process_count(), jax.process_index()
+    return {k: np.array_split(v, hosts)[index] for k, v in batch.items()}
+
+
+def place(tree, shardings) -> object:
+    """Host arrays that every host holds whole (a checkpoint read on each) as global
+    arrays placed by `shardings`: each device takes its slice, on any mesh and any hosts."""
+    return jax.tree.map(
+        lambda x, sharding: jax.make_array_from_callback(
+            np.shape(x), sharding, lambda index: np.asarray(x)[index]
+        ),
+        tree,
+        shardings,
+    )
+
+
 def gather(array: jax.Array | np.ndarray) -> np.ndarray:
     """The whole of a global array (or every host's local array, stacked) on every host."""
     if jax.process_count() == 1:
         return np.asarray(array)
     return np.asarray(multihost_utils.process_allgather(array, tiled=isinstance(array, jax.Array)))
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `initialize_distributed`, for a binary's command line."""
+    parser.add_argument("--coordinator_address", help="HOST:PORT of process 0 (several hosts)")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
 
 
 def initialize_distributed(

@@ -79,3 +79,38 @@ class Throughput:
             figures["mfu"] = self.steps * self.flops_per_step / elapsed / self.peak_flops
         self.time, self.steps, self.examples, self.tokens = now, 0, 0, 0
         return figures
+
+
+class Counter:
+    """One line per `period` seconds (and when forced) for a job of `total` items:
+    done/total, percent, items/s, ETA, then any `extra` figures (e.g. `skipped=3`).
+
+    `initial` items were done before this process started (a resumed job); the rate and
+    ETA count only this process's own work.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        unit: str = "examples",
+        period: float = 10.0,
+        stream=None,
+        initial: int = 0,
+    ):
+        self.total, self.unit, self.period = total, unit, period
+        self.stream = stream or sys.stderr
+        self.initial, self.start_time = initial, time.monotonic()
+        self.last_print = self.start_time
+
+    def update(self, done: int, force: bool = False, **extra: object) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < self.period:
+            return
+        self.last_print = now
+        elapsed = now - self.start_time
+        rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
+        eta = _duration((self.total - done) / rate) if rate > 0 else "?"
+        share = done / self.total if self.total else 1.0
+        line = f"{done}/{self.total} {self.unit} ({share:.0%})  {rate:.1f} {self.unit}/s  ETA {eta}"
+        line += "".join(f"  {name.replace('_', ' ')} {value}" for name, value in extra.items())
+        print(line, file=self.stream, flush=True)

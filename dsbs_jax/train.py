@@ -8,11 +8,10 @@ MODEL_DIR, MODE, LABEL_TASK, RATIONALE_TASK, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
 BATCH_SIZE, ALPHA, CHECKPOINT_PERIOD, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH). Running the
 same command again resumes from the newest checkpoint in MODEL_DIR; SIGTERM saves one and
 exits 0. Outputs in MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under
-`train/` and `validation/`, and `predictions/{task}_{split}_{step}.jsonl` from the final
-evaluation.
+`train/` and `validation/`, `run.json` (what was trained, for `dsbs-report`), and the final
+evaluation's `eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes).
 """
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -26,11 +25,13 @@ import seqio
 import tensorflow as tf
 
 import gin
-from dsbs_jax import checkpoints, decoding, gin_utils, losses, partitioning
+from dsbs_jax import checkpoints, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
 from dsbs_jax.data.pairing import EXAMPLE_HASH, independent_batches, paired_batches
-from dsbs_jax.evaluation import TaskEvaluator, padded_batches, write_jsonl
+from dsbs_jax.evaluation import TaskEvaluator, padded_batches
 from dsbs_jax.files import write_atomically
+from dsbs_jax.gin_utils import ConfigError
+from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.models import T5Config
 from dsbs_jax.optimizers import Optimizer
 from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput
@@ -38,11 +39,8 @@ from dsbs_jax.trainer import LossOptions, Trainer, TrainState
 
 Lengths = Mapping[str, int]
 TRAIN, VALIDATION = "train", "validation"
+EVAL_DIR = "eval"  # the final evaluation's results, laid out as dsbs-eval's
 LENGTH_SCAN_EXAMPLES = 2000
-
-
-class ConfigError(ValueError):
-    """The run's configuration cannot work; raised before training starts."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -272,7 +270,9 @@ class Validation:
         for side, batches in self.loss_batches.items():
             total, tokens = 0.0, 0.0
             for batch in batches:
-                global_batch = partitioning.global_batch(self.trainer.mesh, _host_rows(batch))
+                global_batch = partitioning.global_batch(
+                    self.trainer.mesh, partitioning.host_share(batch)
+                )
                 sums = self.trainer.run_eval_step(params, {side: global_batch})[side]
                 total, tokens = total + float(sums[0]), tokens + float(sums[1])
             figures[f"loss/{side}"] = total / max(tokens, 1.0)
@@ -290,22 +290,9 @@ class Validation:
             figures["accuracy"] = float(np.mean(accuracies))
         return figures, rows
 
-    def decoder(self, params):
-        mesh, config = self.trainer.mesh, self.trainer.config
+    def decoder(self, params) -> BatchDecoder:
         max_length = self.sides[losses.LABEL][1]["targets"]
-
-        def decode(tokens: np.ndarray) -> np.ndarray:
-            inputs = partitioning.global_batch(mesh, _host_rows({"t": tokens}))["t"]
-            output = decoding.generate(config, params, inputs, max_length)
-            return partitioning.gather(output)
-
-        return decode
-
-
-def _host_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This host's equal share of rows of a batch every host holds whole."""
-    hosts, index = jax.process_count(), jax.process_index()
-    return {k: np.array_split(v, hosts)[index] for k, v in batch.items()}
+        return BatchDecoder(self.trainer.config, params, self.trainer.mesh, max_length)
 
 
 # -------------------------------------------------------------------------------------------
@@ -409,6 +396,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     registered_tasks: Sequence[str] = (),
     seed: int = 0,
+    train_fraction: float = 1.0,
     num_microbatches: int = 1,
     model_parallelism: int = 1,
     loss_options: LossOptions | None = None,
@@ -427,6 +415,7 @@ def train(
 
     `registered_tasks` is there for gin: binding it to `@registry.register()` registers the
     tasks (with a data dir, vocabulary and training fraction) before they are looked up.
+    `train_fraction` is that fraction, recorded in `run.json` for `dsbs-report`.
     """
     del registered_tasks
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
@@ -450,9 +439,8 @@ def train(
     trainer = Trainer(
         model_config, optimizer, mesh, weights, loss_options or LossOptions(), num_microbatches
     )
-    saved = TrainCheckpoints(
-        os.path.join(model_dir, "checkpoints"), keep_checkpoints, keep_best, "accuracy"
-    )
+    checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
+    saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
     with _Preemption() as preemption:
         state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
         step = int(state.step)
@@ -469,8 +457,20 @@ def train(
                 f"has {data_position}: resume with the same BATCH_SIZE, seed, data_shards "
                 "and pack"
             )
+        run = results.run_info(
+            model_dir,
+            mode,
+            label_task,
+            rationale_task,
+            train_fraction=train_fraction,
+            seed=seed,
+            alpha=alpha,
+            train_steps=train_steps,
+            batch_size=batch_size,
+        )
         if jax.process_index() == 0:
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
+            results.write_run(model_dir, run)
 
         validation = Validation(trainer, sides, eval_batch_size, eval_examples)
         loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
@@ -492,7 +492,17 @@ def train(
             for split in final_eval_splits:
                 evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
                 final[split], rows = evaluator.evaluate(decode)
-                predictions += _write_predictions(model_dir, split, int(state.step), rows)
+                if jax.process_index() == 0:
+                    predictions += results.write_results(
+                        os.path.join(model_dir, EVAL_DIR),
+                        split,
+                        int(state.step),
+                        final[split],
+                        rows,
+                        checkpoint=os.path.join(checkpoint_dir, str(int(state.step))),
+                        run=run,
+                        decoding={"method": "greedy"},
+                    )
     step = int(state.step)
     return TrainResult(model_dir, step, preempted, loop.last_eval, final, predictions)
 
@@ -559,48 +569,15 @@ class _Loop:
         return state, False
 
 
-def _write_predictions(model_dir: str, split: str, step: int, rows: dict) -> list[str]:
-    """One JSONL per task: `predictions/{task}_{split}_{step}.jsonl` (first host writes)."""
-    paths = [
-        os.path.join(model_dir, "predictions", f"{task}_{split}_{step}.jsonl") for task in rows
-    ]
-    if jax.process_index() == 0:
-        for path, task_rows in zip(paths, rows.values(), strict=True):
-            write_jsonl(path, task_rows)
-    return paths
-
-
 # -------------------------------------------------------------------------------------------
 # Command line
 # -------------------------------------------------------------------------------------------
 
 
-def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """argparse for the plain flags; `--gin.NAME=VALUE` become gin bindings `NAME=VALUE`."""
-    parser = argparse.ArgumentParser(prog="dsbs-train", description=__doc__.split("\n")[0])
-    parser.add_argument("--gin_file", action="append", default=[], help="a gin file (repeatable)")
-    parser.add_argument("--coordinator_address", help="HOST:PORT of process 0 (several hosts)")
-    parser.add_argument("--num_processes", type=int)
-    parser.add_argument("--process_id", type=int)
-    gin_args = [a for a in argv if a.startswith("--gin.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
-    if not args.gin_file:
-        parser.error("give at least one --gin_file (for example gin/runs/quickstart.gin)")
-    return args, [a.removeprefix("--gin.") for a in gin_args]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
-    partitioning.initialize_distributed(
-        args.coordinator_address, args.num_processes, args.process_id
-    )
+    parser = gin_utils.flag_parser("dsbs-train", __doc__)
     try:
-        gin_utils.parse(args.gin_file, bindings)
-    except (ValueError, FileNotFoundError) as error:  # gin reports unknown names this way
-        print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
-        return 2
-    try:
-        result = gin.get_configurable(train)()
+        result = gin_utils.run_configured(parser, train, sys.argv[1:] if argv is None else argv)
     except ConfigError as error:
         print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
         return 2

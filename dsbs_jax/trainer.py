@@ -18,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -141,15 +140,7 @@ class Trainer:
 
         in_shardings = (None,) if params is None else (self.params_sharding,)
         if params is not None:
-            # Host arrays (a checkpoint read on every host) become global arrays: each
-            # device takes its slice, so this works on several hosts and any mesh.
-            params = jax.tree.map(
-                lambda x, sharding: jax.make_array_from_callback(
-                    np.shape(x), sharding, lambda index: np.asarray(x)[index]
-                ),
-                params,
-                self.params_sharding,
-            )
+            params = partitioning.place(params, self.params_sharding)
         with self.scope():
             return jax.jit(create, in_shardings=in_shardings, out_shardings=self.state_sharding)(
                 params

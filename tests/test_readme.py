@@ -18,14 +18,10 @@ TOOL_COMMANDS = [
     line
     for block in re.findall(r"```bash\n(.*?)```", README, re.S)
     for line in block.splitlines()
-    if line.startswith(".venv/bin/dsbs-")
+    if line.startswith((".venv/bin/dsbs-", "printf "))
 ]
 # Commands for machines CI does not have (```sh blocks): their flags and gin are checked.
-SH_TRAIN_COMMANDS = [
-    block.replace("\\\n", " ")
-    for block in re.findall(r"```sh\n(.*?)```", README, re.S)
-    if block.startswith("dsbs-train")
-]
+SH_COMMANDS = [block.replace("\\\n", " ") for block in re.findall(r"```sh\n(.*?)```", README, re.S)]
 # The quickstart's test accuracy must be at least this multiple of the majority baseline.
 QUICKSTART_FLOOR = 3
 
@@ -33,8 +29,11 @@ QUICKSTART_FLOOR = 3
 def run_tool(command: str, tmp_path: pathlib.Path) -> str:
     """Run a README command with this venv's console scripts, writing under `tmp_path`;
     returns its standard output."""
-    argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(command)]
-    argv[0] = str(pathlib.Path(sys.executable).parent / argv[0].removeprefix(".venv/bin/"))
+    if command.startswith("printf "):  # a file the next commands read
+        argv = ["bash", "-c", command.replace("/tmp/", f"{tmp_path}/")]
+    else:
+        argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(command)]
+        argv[0] = str(pathlib.Path(sys.executable).parent / argv[0].removeprefix(".venv/bin/"))
     run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, f"{command}\n{run.stderr[-3000:]}"
     return run.stdout
@@ -57,7 +56,7 @@ def quickstart(readme_tmp) -> str:
 
 @pytest.mark.slow
 def test_quickstart_learns_well_above_the_majority_baseline(quickstart, readme_tmp):
-    (predictions,) = (readme_tmp / "dsbs_quickstart/model/predictions").glob("*_test_*.jsonl")
+    (predictions,) = (readme_tmp / "dsbs_quickstart/model/eval").glob("*_test_*.jsonl")
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(rows) == 300 and len({r["id"] for r in rows}) == 300
     accuracy = sum(r["parsed_prediction"] == r["target"] for r in rows) / len(rows)
@@ -74,15 +73,66 @@ def test_tool_commands_run(command, quickstart, readme_tmp):
     run_tool(command, readme_tmp)
 
 
-@pytest.mark.parametrize("command", SH_TRAIN_COMMANDS)
+def _rows(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_the_evaluation_agrees_with_its_predictions_and_with_training(readme_tmp):
+    (selected,) = (readme_tmp / "dsbs_quickstart/eval").glob("*_label_llm_test_*.metrics.json")
+    result = json.loads(selected.read_text())
+    rows = _rows(pathlib.Path(result["predictions"]))
+    assert len(rows) == result["examples"] == 300
+    accuracy = result["metrics"]["accuracy"]
+    assert accuracy == pytest.approx(100 * sum(r["correct"] for r in rows) / len(rows))
+    assert accuracy == pytest.approx(
+        100 * sum(r["parsed_prediction"] == r["target"] for r in rows) / len(rows)
+    )
+    assert result["selected_on"]["split"] == "validation"
+    validation = (
+        readme_tmp / f"dsbs_quickstart/eval/{selected.name.replace('_test_', '_validation_')}"
+    )
+    assert (
+        json.loads(validation.read_text())["metrics"]["accuracy"] == result["selected_on"]["value"]
+    )
+    # Training's own final evaluation of its last step decoded the same way.
+    final = readme_tmp / "dsbs_quickstart/model/eval" / "dsbs_synthetic_label_llm_test_1500.jsonl"
+    if result["step"] == 1500:
+        assert rows == _rows(final)
+
+
+@pytest.mark.slow
+def test_inference_answers_every_question(readme_tmp):
+    answers = _rows(readme_tmp / "answers.jsonl")
+    assert [a["id"] for a in answers] == ["q1", "q2"]
+    assert all(a["label"] and a["rationale"] for a in answers)
+
+
+@pytest.mark.slow
+def test_the_report_has_both_methods_and_its_plots(readme_tmp):
+    table = (readme_tmp / "dsbs_report/report.csv").read_text()
+    assert "dsbs-llm,synthetic" in table and "standard-llm,synthetic" in table
+    for plot in ("accuracy_vs_fraction.png", "learning_curves.png"):
+        assert (readme_tmp / "dsbs_report" / plot).stat().st_size > 10_000
+
+
+# What each cluster command's gin must resolve: the run's required macros.
+SH_REQUIRED = {"dsbs-train": "%TRAIN_STEPS", "dsbs-eval": "%CHECKPOINT_PATH"}
+
+
+@pytest.mark.parametrize("command", SH_COMMANDS)
 def test_cluster_commands_parse(command):
     import gin
-    from dsbs_jax import gin_utils, train
+    from dsbs_jax import gin_utils
 
-    args, bindings = train.parse_flags(shlex.split(command)[1:])
+    binary, *argv = shlex.split(command)
+    parser = gin_utils.flag_parser(binary, "")
+    parser.add_argument("--select_on")  # dsbs-eval's own flag
+    args, bindings = gin_utils.parse_flags(parser, argv)
     gin.clear_config()
     gin_utils.parse(args.gin_file, bindings)
-    assert gin.query_parameter("%TRAIN_STEPS") > 0
+    assert gin.query_parameter(SH_REQUIRED[binary])
+    assert args.select_on in (None, "validation")
 
 
 # Appended to the README's own-dataset block: write a small release, build it, read a task.
@@ -132,4 +182,4 @@ def test_python_blocks_run(index, tmp_path):
 
 
 def test_the_readme_has_commands_to_run():
-    assert len(TOOL_COMMANDS) >= 3 and len(PYTHON_BLOCKS) >= 3 and SH_TRAIN_COMMANDS
+    assert len(TOOL_COMMANDS) >= 3 and len(PYTHON_BLOCKS) >= 3 and SH_COMMANDS

@@ -1,73 +1,17 @@
 """`dsbs-train` end to end on the synthetic task: resumption, preemption, several hosts,
 configuration errors and the guard against non-finite losses."""
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import runs
 
 from dsbs_jax import checkpoints, train
-
-ROOT = Path(__file__).resolve().parents[1]
-# A tiny model over the quickstart's vocabulary, bound over the quickstart's model.
-TINY = dict(
-    emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1
-)
-TINY_MODEL = [f"--gin.T5Config.{name}={value}" for name, value in TINY.items()]
-
-
-def _flags(model_dir: Path, data_dir: Path, steps: int, *extra: str) -> list[str]:
-    """The quickstart with a tiny model, few steps, per-step logs and a short evaluation."""
-    return [
-        "--gin_file=gin/runs/quickstart.gin",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.DATA_DIR='{data_dir}'",
-        f"--gin.TRAIN_STEPS={steps}",
-        "--gin.BATCH_SIZE=8",
-        "--gin.EVAL_PERIOD=1000",
-        "--gin.train.log_period=1",
-        "--gin.train.eval_examples=16",
-        "--gin.train.final_eval_splits=['validation']",
-        *TINY_MODEL,
-        *extra,
-    ]
-
-
-def _command(flags: list[str]) -> list[str]:
-    return [sys.executable, "-m", "dsbs_jax.train", *flags]
-
-
-def _environment(devices: int = 1) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
-def _run(flags: list[str], devices: int = 1) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        _command(flags), cwd=ROOT, env=_environment(devices), capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def scalars(directory: Path, tag: str) -> dict[int, float]:
-    """A TensorBoard tag's value per step; a step written again (after a restart) counts
-    with its newest value."""
-    import tensorflow as tf
-
-    values = {}
-    for path in sorted(directory.glob("events.out.tfevents.*"), key=os.path.getmtime):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return values
+from dsbs_jax.report import read_scalars
 
 
 def _final_params(model_dir: Path):
@@ -94,35 +38,39 @@ STEPS = 60
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tfds_data_dir) -> Path:
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    _run(_flags(model_dir, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10"))
+    runs.run(runs.flags(model_dir, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10"))
     return model_dir
 
 
 @pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path, tfds_data_dir):
-    flags = _flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10")
+    flags = runs.flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10")
     process = subprocess.Popen(
-        _command(flags), cwd=ROOT, env=_environment(), stderr=subprocess.PIPE, text=True
+        runs.command(flags),
+        cwd=runs.ROOT,
+        env=runs.environment(),
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for_checkpoint(process, tmp_path / "checkpoints" / "10")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (tmp_path / "checkpoints" / str(STEPS)).exists(), "killed too late to test"
-    _run(flags)
-    expected = scalars(uninterrupted / "train", "loss")
+    runs.run(flags)
+    expected = read_scalars(uninterrupted / "train", "loss")
     assert sorted(expected) == list(range(1, STEPS + 1))
-    assert scalars(tmp_path / "train", "loss") == expected
+    assert read_scalars(tmp_path / "train", "loss") == expected
     _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds_data_dir):
-    flags = _flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=1000")
+    flags = runs.flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=1000")
     process = subprocess.Popen(
-        _command(flags),
-        cwd=ROOT,
-        env=_environment(),
+        runs.command(flags),
+        cwd=runs.ROOT,
+        env=runs.environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -138,15 +86,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds
     stopped_at = int(stdout.split("stopped at step ")[1].split()[0])
     assert 0 < stopped_at < STEPS
     assert (tmp_path / "checkpoints" / str(stopped_at)).exists()
-    _run(flags)
-    assert scalars(tmp_path / "train", "loss") == scalars(uninterrupted / "train", "loss")
+    runs.run(flags)
+    assert read_scalars(tmp_path / "train", "loss") == read_scalars(uninterrupted / "train", "loss")
     _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -154,32 +96,11 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, tfds_d
     steps = 4
     shards = ["--gin.train.data_shards=2", "--gin.CHECKPOINT_PERIOD=1000"]
     single = tmp_path / "single"
-    _run(_flags(single, tfds_data_dir, steps, *shards), devices=4)
+    runs.run(runs.flags(single, tfds_data_dir, steps, *shards), devices=4)
     multi = tmp_path / "multi"
-    address = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen(
-            _command(
-                [
-                    *_flags(multi, tfds_data_dir, steps, *shards),
-                    f"--coordinator_address={address}",
-                    "--num_processes=2",
-                    f"--process_id={index}",
-                ]
-            ),
-            cwd=ROOT,
-            env=_environment(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index in range(2)
-    ]
-    for process in processes:
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-    single_losses = scalars(single / "train", "loss")
-    multi_losses = scalars(multi / "train", "loss")
+    runs.run_hosts(runs.flags(multi, tfds_data_dir, steps, *shards), hosts=2, devices=2)
+    single_losses = read_scalars(single / "train", "loss")
+    multi_losses = read_scalars(multi / "train", "loss")
     assert sorted(single_losses) == list(range(1, steps + 1))
     np.testing.assert_allclose(
         [multi_losses[s] for s in sorted(single_losses)],
@@ -192,7 +113,7 @@ def _main(tmp_path, tfds_data_dir, *extra) -> int:
     import gin
 
     gin.clear_config()
-    return train.main(_flags(tmp_path, tfds_data_dir, 2, *extra))
+    return train.main(runs.flags(tmp_path, tfds_data_dir, 2, *extra))
 
 
 @pytest.mark.parametrize(
@@ -262,7 +183,7 @@ def test_training_starts_from_a_hugging_face_checkpoint(tmp_path, tfds_data_dir,
 
     from dsbs_jax.models import T5, T5Config
 
-    config = T5Config(vocab_size=256, **TINY)
+    config = T5Config(vocab_size=256, **runs.TINY)
     tokens = np.ones((1, 1), np.int32)
     params = T5(config).init(jax.random.key(7), tokens, tokens)["params"]
     params = jax.tree.map(np.asarray, meta.unbox(params))
@@ -285,8 +206,8 @@ def test_adafactor_loss_options_and_accumulation_are_gin_bindings(tmp_path, tfds
         "--gin.train.num_microbatches=2",
     ]
     assert _main(tmp_path, tfds_data_dir, *options) == 0
-    assert scalars(tmp_path / "train", "learning_rate") == pytest.approx({1: 1e-3, 2: 1e-3})
-    assert all(np.isfinite(v) for v in scalars(tmp_path / "train", "loss").values())
+    assert read_scalars(tmp_path / "train", "learning_rate") == pytest.approx({1: 1e-3, 2: 1e-3})
+    assert all(np.isfinite(v) for v in read_scalars(tmp_path / "train", "loss").values())
     config = (tmp_path / "config.gin").read_text()
     assert "z_loss = 0.0001" in config and "num_microbatches = 2" in config
 
@@ -304,9 +225,11 @@ def test_a_mixture_trains_and_each_of_its_tasks_is_evaluated(
         "--gin.train.pack=True",
     ]
     assert _main(tmp_path, tfds_data_dir, *mixture) == 0
-    validation = {tag: scalars(tmp_path / "validation", tag) for tag in ("loss/label", "accuracy")}
+    validation = {
+        tag: read_scalars(tmp_path / "validation", tag) for tag in ("loss/label", "accuracy")
+    }
     assert validation["loss/label"][2] > 0
     for dataset in ("cqa", "svamp", "esnli", "anli1"):
         task = f"dsbs_{dataset}_label_llm"
-        assert 2 in scalars(tmp_path / "validation", f"{task}/accuracy"), task
-        assert (tmp_path / "predictions" / f"{task}_validation_2.jsonl").exists()
+        assert 2 in read_scalars(tmp_path / "validation", f"{task}/accuracy"), task
+        assert (tmp_path / "eval" / f"{task}_validation_2.jsonl").exists()

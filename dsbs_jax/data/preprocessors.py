@@ -9,9 +9,7 @@ import seqio
 import tensorflow as tf
 
 from dsbs_jax.data.release import NLI_SEPARATOR
-
-LABEL_PREFIX = "predict: "
-RATIONALE_PREFIX = "explain: "
+from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
 
 
 def _label(example: dict, source: str) -> tf.Tensor:

@@ -1,0 +1,334 @@
+"""dsbs-infer: a trained student's labels and rationales for a JSONL file of raw inputs.
+
+    dsbs-infer --checkpoint PATH --input FILE.jsonl --output_file OUT.jsonl
+        [--output label|rationale|both] [--vocabulary SPM_MODEL]
+        [--input_field input] [--id_field id] [--batch_size 32] [--max_input_length 512]
+        [--label_length 32] [--rationale_length 256] [--method greedy|beam] [--num_beams 4]
+        [--model_parallelism 1] [--coordinator_address=HOST:PORT --num_processes=N
+        --process_id=I]
+
+Serving a student needs neither TensorFlow nor SeqIO, so this binary tokenises with
+`sentencepiece` itself, exactly as SeqIO does for T5 (the prefixed text's ids, cut to
+leave room for EOS), and decodes through `inference.BatchDecoder` like every other binary.
+Rows are appended and flushed batch by batch, so a reader sees results as they come, and
+a run skips the ids already in its output: a killed run resumes where it stopped and ends
+with the same file an uninterrupted run writes. Bad input lines are named and skipped.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+import jax
+import numpy as np
+import sentencepiece
+from etils import epath
+from jax.experimental import multihost_utils
+
+from dsbs_jax import checkpoints, decoding, files, inference, partitioning, progress
+from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
+
+PROG = "dsbs-infer"
+DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+PREFIXES = {"label": LABEL_PREFIX, "rationale": RATIONALE_PREFIX}
+FIELDS = {"label": ("label",), "rationale": ("rationale",), "both": ("label", "rationale")}
+
+Id = str | int
+
+
+class UsageError(Exception):
+    """A file named on the command line that cannot be used: exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One input line: its id (given, or the line number) and its raw input text."""
+
+    id: Id
+    input: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation (SeqIO's, without TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """A SentencePiece model used as `seqio.SentencePieceVocabulary` uses it for T5."""
+
+    def __init__(self, path: str):
+        try:
+            proto = epath.Path(path).read_bytes()
+            self.processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+        except (OSError, RuntimeError) as error:
+            message = getattr(error, "strerror", None) or error
+            raise UsageError(
+                f"--vocabulary {path}: not a SentencePiece model ({message})"
+            ) from None
+
+    def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
+        """`[len(texts), length]` int32: each text's ids cut to `length - 1`, EOS, then 0s."""
+        tokens = np.full((len(texts), length), decoding.PAD_ID, np.int32)
+        for row, ids in zip(tokens, self.processor.encode(list(texts)), strict=True):
+            ids = [*ids[: length - 1], decoding.EOS_ID]
+            row[: len(ids)] = ids
+        return tokens
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the ids before the first EOS; ids past the model's pieces read as UNK."""
+        ids = [int(i) for i in ids]
+        if decoding.EOS_ID in ids:
+            ids = ids[: ids.index(decoding.EOS_ID)]
+        size, unk = self.processor.get_piece_size(), self.processor.unk_id()
+        return self.processor.decode([unk if i >= size else i for i in ids if i != decoding.PAD_ID])
+
+
+# ---------------------------------------------------------------------------------------------
+# Input and output files
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_line(line: bytes, number: int, input_field: str, id_field: str) -> Example:
+    """One input line as an example; `ValueError` says what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise ValueError("not valid JSON (expected one JSON object per line)") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{json_type(record)} (expected a JSON object)")
+    if input_field not in record:
+        raise ValueError(f"no field {input_field!r} (expected the input text in it)")
+    if not isinstance(record[input_field], str):
+        found = json_type(record[input_field])
+        raise ValueError(f"field {input_field!r} is {found} (expected a string)")
+    example_id = record.get(id_field, number)
+    if isinstance(example_id, bool) or not isinstance(example_id, str | int):
+        raise ValueError(f"{id_field!r} is {json_type(example_id)} (expected a string or integer)")
+    return Example(example_id, record[input_field])
+
+
+def json_type(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return names.get(type(value), "null" if value is None else "a number")
+
+
+def read_inputs(path: str, input_field: str, id_field: str) -> tuple[list[Example], list[str]]:
+    """The examples of a JSONL file, and a `FILE:LINE: problem` for each line skipped.
+
+    Blank lines are ignored; a line without the id field takes its line number as its id.
+    """
+    try:
+        lines = epath.Path(path).read_bytes().split(b"\n")
+    except OSError as error:
+        raise UsageError(f"--input {path}: cannot read it ({error.strerror or error})") from None
+    examples, problems, seen = [], [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            example = parse_line(line, number, input_field, id_field)
+            if example.id in seen:
+                raise ValueError(f"duplicate id {example.id!r} (expected each id once)")
+        except ValueError as error:
+            problems.append(f"{path}:{number}: {error}")
+            continue
+        seen.add(example.id)
+        examples.append(example)
+    return examples, problems
+
+
+def finished_ids(path: str) -> set[Id]:
+    """Ids already in an output file; a partial last line (a killed write) is dropped first."""
+    output = epath.Path(path)
+    if not output.exists():
+        return set()
+    data = output.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        files.write_atomically(output, data)
+        say(f"dropped the partial last line of {path} (a write that was cut off)")
+    ids = set()
+    for number, line in enumerate(data.splitlines(), 1):
+        try:
+            ids.add(json.loads(line)["id"])
+        except (ValueError, TypeError, KeyError):
+            raise UsageError(
+                f"{path}:{number}: not a row dsbs-infer writes (expected a JSON object with "
+                "an 'id'); give another --output_file or remove this one"
+            ) from None
+    return ids
+
+
+def pending_examples(examples: list[Example], output_file: str) -> list[Example]:
+    """The examples without a row in the output file, as process 0 sees it."""
+    done = finished_ids(output_file) if jax.process_index() == 0 else set()
+    todo = np.array([example.id not in done for example in examples], np.int32)
+    if jax.process_count() > 1:
+        todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
+    return [example for example, keep in zip(examples, todo, strict=True) if keep]
+
+
+@contextlib.contextmanager
+def appender(path: str) -> Iterator[IO[bytes] | None]:
+    """The output file opened for appending on process 0; `None` on the others."""
+    if jax.process_index() != 0:
+        yield None
+        return
+    output = epath.Path(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("ab") as stream:
+        yield stream
+
+
+def write_rows(stream: IO[bytes], rows: list[dict]) -> None:
+    """Append rows as JSON lines and flush, so a reader sees each batch as it lands."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    stream.write(text.encode("utf-8"))
+    stream.flush()
+
+
+def say(message: str) -> None:
+    """A note on stderr, from process 0 only."""
+    if jax.process_index() == 0:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+
+
+def predict(
+    batch: list[Example],
+    tokenizer: Tokenizer,
+    decoders: dict[str, inference.BatchDecoder],
+    batch_size: int,
+    max_input_length: int,
+) -> list[dict]:
+    """One output row per example; the batch is padded with empty rows to `batch_size`."""
+    rows = [{"id": example.id, "input": example.input} for example in batch]
+    for field, decoder in decoders.items():
+        tokens = tokenizer.encode([PREFIXES[field] + e.input for e in batch], max_input_length)
+        tokens = np.pad(tokens, ((0, batch_size - len(batch)), (0, 0)))
+        for row, ids in zip(rows, decoder(tokens)[: len(batch)], strict=True):
+            row[field] = tokenizer.decode(ids)
+    return rows
+
+
+def make_decoders(
+    args: argparse.Namespace, tokenizer: Tokenizer
+) -> dict[str, inference.BatchDecoder]:
+    """One decoder per output field, for the checkpoint placed on this run's mesh."""
+    try:
+        mesh = partitioning.make_mesh(args.model_parallelism)
+    except ValueError as error:
+        raise UsageError(f"--model_parallelism: {error}") from None
+    if args.batch_size % mesh.shape[partitioning.DATA]:
+        raise UsageError(
+            f"--batch_size {args.batch_size} must be a multiple of the mesh's data axis "
+            f"({mesh.shape[partitioning.DATA]}: {jax.device_count()} devices / "
+            f"--model_parallelism {args.model_parallelism})"
+        )
+    try:
+        config, params = inference.load_params(args.checkpoint, mesh)
+    except checkpoints.CheckpointError as error:
+        raise UsageError(f"--checkpoint {error}") from None
+    pieces = tokenizer.processor.get_piece_size()
+    if pieces > config.vocab_size:
+        raise UsageError(
+            f"--vocabulary {args.vocabulary}: {pieces} pieces, more than the checkpoint's "
+            f"{config.vocab_size} (expected the vocabulary the student was trained with)"
+        )
+    lengths = {"label": args.label_length, "rationale": args.rationale_length}
+    options = {"num_beams": args.num_beams}
+    return {
+        field: inference.BatchDecoder(config, params, mesh, lengths[field], args.method, options)
+        for field in FIELDS[args.output]
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every pending example; 1 if input lines were skipped, else 0."""
+    examples, problems = read_inputs(args.input, args.input_field, args.id_field)
+    if problems and jax.process_index() == 0:
+        print("\n".join(problems), file=sys.stderr, flush=True)
+    pending = pending_examples(examples, args.output_file)
+    if not pending:
+        say(
+            f"all {len(examples)} examples of {args.input} are in {args.output_file}: nothing to do"
+        )
+        return finish(problems, args.input)
+    tokenizer = Tokenizer(args.vocabulary)
+    decoders = make_decoders(args, tokenizer)
+    done = len(examples) - len(pending)
+    counter = progress.Counter(len(examples), initial=done)
+    with appender(args.output_file) as stream:
+        for start in range(0, len(pending), args.batch_size):
+            batch = pending[start : start + args.batch_size]
+            rows = predict(batch, tokenizer, decoders, args.batch_size, args.max_input_length)
+            done += len(batch)
+            if stream is not None:
+                write_rows(stream, rows)
+                counter.update(done, skipped_lines=len(problems))
+    if jax.process_index() == 0:
+        counter.update(done, force=True, skipped_lines=len(problems))
+    say(f"wrote {len(pending)} predictions to {args.output_file} ({done} in all)")
+    return finish(problems, args.input)
+
+
+def finish(problems: list[str], input_path: str) -> int:
+    """The exit code: 1 when input lines were skipped."""
+    if problems:
+        say(f"skipped {len(problems)} bad lines of {input_path} (named above)")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="Orbax, Hugging Face or T5X")
+    parser.add_argument("--input", required=True, help="JSONL, one object per line")
+    parser.add_argument("--output_file", required=True, help="JSONL predictions (resumable)")
+    parser.add_argument("--output", choices=tuple(FIELDS), default="label")
+    parser.add_argument("--vocabulary", default=DEFAULT_VOCABULARY, help="SentencePiece model")
+    parser.add_argument("--input_field", default="input")
+    parser.add_argument("--id_field", default="id", help="absent: the line number is the id")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_input_length", type=int, default=512)
+    parser.add_argument("--label_length", type=int, default=32)
+    parser.add_argument("--rationale_length", type=int, default=256)
+    parser.add_argument("--method", choices=("greedy", "beam"), default="greedy")
+    parser.add_argument("--num_beams", type=int, default=4)
+    parser.add_argument("--model_parallelism", type=int, default=1)
+    partitioning.add_distributed_flags(parser)
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_input_length", "label_length", "rationale_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_flags(sys.argv[1:] if argv is None else argv)
+    partitioning.initialize_distributed(
+        args.coordinator_address, args.num_processes, args.process_id
+    )
+    try:
+        return run(args)
+    except UsageError as error:
+        say(str(error))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

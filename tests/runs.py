@@ -1,0 +1,82 @@
+"""Running the binaries as users do, for the end-to-end tests: the quickstart's config with a
+tiny model, in a subprocess with a given number of CPU devices."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny model over the quickstart's vocabulary, bound over the quickstart's model.
+TINY = dict(
+    emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1
+)
+TINY_MODEL = [f"--gin.T5Config.{name}={value}" for name, value in TINY.items()]
+
+
+def flags(model_dir: Path, data_dir: Path, steps: int, *extra: str) -> list[str]:
+    """The quickstart with a tiny model, few steps, per-step logs and a short evaluation."""
+    return [
+        "--gin_file=gin/runs/quickstart.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.DATA_DIR='{data_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.EVAL_PERIOD=1000",
+        "--gin.train.log_period=1",
+        "--gin.train.eval_examples=16",
+        "--gin.train.final_eval_splits=['validation']",
+        *TINY_MODEL,
+        *extra,
+    ]
+
+
+def command(flags: list[str], binary: str = "train") -> list[str]:
+    return [sys.executable, "-m", f"dsbs_jax.{binary}", *flags]
+
+
+def environment(devices: int = 1) -> dict:
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def run(flags: list[str], devices: int = 1, binary: str = "train") -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command(flags, binary), cwd=ROOT, env=environment(devices), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_hosts(flags: list[str], hosts: int, devices: int, binary: str = "train") -> None:
+    """Run the binary as `hosts` processes of `devices` CPU devices each, joined by
+    `jax.distributed` on 127.0.0.1, and check that every one succeeds."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        subprocess.Popen(
+            command(
+                [
+                    *flags,
+                    f"--coordinator_address={address}",
+                    f"--num_processes={hosts}",
+                    f"--process_id={index}",
+                ],
+                binary,
+            ),
+            cwd=ROOT,
+            env=environment(devices),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(hosts)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
