@@ -179,9 +179,10 @@ class _Job:
             return finished
         try:
             config, params = inference.load_params(checkpoint.path, self.mesh)
-        except Exception as error:  # any unreadable checkpoint: report it, go on with the rest
+            self._check_vocabulary(config, split, sides)
+        except Exception as error:  # any unusable checkpoint: report it, go on with the rest
             self.result.failed[checkpoint.path] = f"{type(error).__name__}: {error}"
-            print(f"dsbs-eval: cannot read {checkpoint.path}: {error}", file=sys.stderr)
+            print(f"dsbs-eval: cannot use {checkpoint.path}: {error}", file=sys.stderr)
             return None
         run = results.read_run(checkpoint.path)
         all_metrics, label_rows = {}, {}
@@ -208,6 +209,14 @@ class _Job:
             )
         self.result.done[checkpoint.step, split] = all_metrics
         return all_metrics
+
+    def _check_vocabulary(self, config, split: str, sides: Sequence[str]) -> None:
+        needed = max(self._evaluator(side, split).vocab_size for side in sides)
+        if config.vocab_size < needed:
+            raise ValueError(
+                f"the model has {config.vocab_size} token ids, fewer than the tasks' vocabulary "
+                f"({needed}): a checkpoint trained with another vocabulary"
+            )
 
     def mark_selected(self, best: Checkpoint, split: str, selected: dict) -> None:
         """Record the selection in `best`'s results (also in those kept from an earlier run)."""

@@ -88,6 +88,14 @@ class TaskEvaluator:
         """The tasks scored: each task of the mixture with metrics and this split."""
         return list(self.evaluators)
 
+    @property
+    def vocab_size(self) -> int:
+        """The largest target vocabulary of the tasks: a model must have at least as many ids."""
+        return max(
+            evaluator.eval_tasks[0].output_features["targets"].vocabulary.vocab_size
+            for evaluator in self.evaluators.values()
+        )
+
     def _predict_fn(self, decode: Decode, outputs: dict) -> Callable:
         def predict(dataset: tf.data.Dataset) -> list[tuple[int, list[int]]]:
             # SeqIO numbers the examples: (index, features).

@@ -224,6 +224,19 @@ def test_report_summarises_the_runs_with_a_table_and_plots(trained, tmp_path, ca
         assert (image < 128).mean() > 0.005, f"{name} is blank"
 
 
+def test_a_checkpoint_with_another_vocabulary_is_refused(tmp_path, tfds_data_dir, capsys):
+    import flax.linen as nn
+    import jax
+
+    config = tiny_config()  # 64 ids; the synthetic task's vocabulary has more
+    tokens = np.ones((1, 4), np.int32)
+    params = nn.meta.unbox(T5(config).init(jax.random.key(0), tokens, tokens)["params"])
+    checkpoints.save_orbax(tmp_path / "small_vocab", config, params)
+    assert _eval(tmp_path / "small_vocab", tmp_path / "out", tfds_data_dir) == 1
+    assert "the model has 64 token ids, fewer than the tasks' vocabulary" in capsys.readouterr().out
+    assert not list((tmp_path / "out").glob("*.json*"))
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
