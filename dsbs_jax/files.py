@@ -19,3 +19,20 @@ def write_atomically(path: epath.PathLike, data: str | bytes) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def complete_lines(path: epath.PathLike) -> tuple[list[bytes], bool]:
+    """The complete lines of a file that is appended to line by line (none if it is absent).
+
+    A partial last line, left by a run killed while writing, is cut off the file first, so
+    that a resumed run appends after the last whole line; the flag says whether one was.
+    """
+    path = epath.Path(path)
+    if not path.exists():
+        return [], False
+    data = path.read_bytes()
+    partial = bool(data) and not data.endswith(b"\n")
+    if partial:
+        data = data[: data.rfind(b"\n") + 1]
+        write_atomically(path, data)
+    return data.splitlines(), partial

@@ -8,7 +8,7 @@
         --process_id=I]
 
 Serving a student needs neither TensorFlow nor SeqIO, so this binary tokenises with
-`sentencepiece` itself, exactly as SeqIO does for T5 (the prefixed text's ids, cut to
+`dsbs_jax.tokenizer`, exactly as SeqIO does for T5 (the prefixed text's ids, cut to
 leave room for EOS), and decodes through `inference.BatchDecoder` like every other binary.
 Rows are appended and flushed batch by batch, so a reader sees results as they come, and
 a run skips the ids already in its output: a killed run resumes where it stopped and ends
@@ -25,12 +25,12 @@ from typing import IO
 
 import jax
 import numpy as np
-import sentencepiece
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dsbs_jax import checkpoints, decoding, files, inference, partitioning, progress
+from dsbs_jax import checkpoints, cli, files, inference, jsonl, partitioning, progress
 from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.tokenizer import Tokenizer, VocabularyError
 
 PROG = "dsbs-infer"
 DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
@@ -38,10 +38,6 @@ PREFIXES = {"label": LABEL_PREFIX, "rationale": RATIONALE_PREFIX}
 FIELDS = {"label": ("label",), "rationale": ("rationale",), "both": ("label", "rationale")}
 
 Id = str | int
-
-
-class UsageError(Exception):
-    """A file named on the command line that cannot be used: exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,68 +49,8 @@ class Example:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenisation (SeqIO's, without TensorFlow)
-# ---------------------------------------------------------------------------------------------
-
-
-class Tokenizer:
-    """A SentencePiece model used as `seqio.SentencePieceVocabulary` uses it for T5."""
-
-    def __init__(self, path: str):
-        try:
-            proto = epath.Path(path).read_bytes()
-            self.processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
-        except (OSError, RuntimeError) as error:
-            message = getattr(error, "strerror", None) or error
-            raise UsageError(
-                f"--vocabulary {path}: not a SentencePiece model ({message})"
-            ) from None
-
-    def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
-        """`[len(texts), length]` int32: each text's ids cut to `length - 1`, EOS, then 0s."""
-        tokens = np.full((len(texts), length), decoding.PAD_ID, np.int32)
-        for row, ids in zip(tokens, self.processor.encode(list(texts)), strict=True):
-            ids = [*ids[: length - 1], decoding.EOS_ID]
-            row[: len(ids)] = ids
-        return tokens
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of the ids before the first EOS; ids past the model's pieces read as UNK."""
-        ids = [int(i) for i in ids]
-        if decoding.EOS_ID in ids:
-            ids = ids[: ids.index(decoding.EOS_ID)]
-        size, unk = self.processor.get_piece_size(), self.processor.unk_id()
-        return self.processor.decode([unk if i >= size else i for i in ids if i != decoding.PAD_ID])
-
-
-# ---------------------------------------------------------------------------------------------
 # Input and output files
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_line(line: bytes, number: int, input_field: str, id_field: str) -> Example:
-    """One input line as an example; `ValueError` says what is wrong with it."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        raise ValueError("not valid JSON (expected one JSON object per line)") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{json_type(record)} (expected a JSON object)")
-    if input_field not in record:
-        raise ValueError(f"no field {input_field!r} (expected the input text in it)")
-    if not isinstance(record[input_field], str):
-        found = json_type(record[input_field])
-        raise ValueError(f"field {input_field!r} is {found} (expected a string)")
-    example_id = record.get(id_field, number)
-    if isinstance(example_id, bool) or not isinstance(example_id, str | int):
-        raise ValueError(f"{id_field!r} is {json_type(example_id)} (expected a string or integer)")
-    return Example(example_id, record[input_field])
-
-
-def json_type(value: object) -> str:
-    """What a parsed JSON value is, in JSON's words."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    return names.get(type(value), "null" if value is None else "a number")
 
 
 def read_inputs(path: str, input_field: str, id_field: str) -> tuple[list[Example], list[str]]:
@@ -122,42 +58,29 @@ def read_inputs(path: str, input_field: str, id_field: str) -> tuple[list[Exampl
 
     Blank lines are ignored; a line without the id field takes its line number as its id.
     """
+
+    def example(record: dict, number: int) -> Example:
+        text = jsonl.string_field(record, input_field)
+        return Example(jsonl.record_id(record, id_field, number), text)
+
     try:
-        lines = epath.Path(path).read_bytes().split(b"\n")
+        return jsonl.read_examples(path, example, lambda e: e.id)
     except OSError as error:
-        raise UsageError(f"--input {path}: cannot read it ({error.strerror or error})") from None
-    examples, problems, seen = [], [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            example = parse_line(line, number, input_field, id_field)
-            if example.id in seen:
-                raise ValueError(f"duplicate id {example.id!r} (expected each id once)")
-        except ValueError as error:
-            problems.append(f"{path}:{number}: {error}")
-            continue
-        seen.add(example.id)
-        examples.append(example)
-    return examples, problems
+        reason = error.strerror or error
+        raise cli.UsageError(f"--input {path}: cannot read it ({reason})") from None
 
 
 def finished_ids(path: str) -> set[Id]:
     """Ids already in an output file; a partial last line (a killed write) is dropped first."""
-    output = epath.Path(path)
-    if not output.exists():
-        return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        files.write_atomically(output, data)
+    lines, partial = files.complete_lines(path)
+    if partial:
         say(f"dropped the partial last line of {path} (a write that was cut off)")
     ids = set()
-    for number, line in enumerate(data.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
             ids.add(json.loads(line)["id"])
         except (ValueError, TypeError, KeyError):
-            raise UsageError(
+            raise cli.UsageError(
                 f"{path}:{number}: not a row dsbs-infer writes (expected a JSON object with "
                 "an 'id'); give another --output_file or remove this one"
             ) from None
@@ -183,13 +106,6 @@ def appender(path: str) -> Iterator[IO[bytes] | None]:
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("ab") as stream:
         yield stream
-
-
-def write_rows(stream: IO[bytes], rows: list[dict]) -> None:
-    """Append rows as JSON lines and flush, so a reader sees each batch as it lands."""
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    stream.write(text.encode("utf-8"))
-    stream.flush()
 
 
 def say(message: str) -> None:
@@ -227,9 +143,9 @@ def make_decoders(
     try:
         mesh = partitioning.make_mesh(args.model_parallelism)
     except ValueError as error:
-        raise UsageError(f"--model_parallelism: {error}") from None
+        raise cli.UsageError(f"--model_parallelism: {error}") from None
     if args.batch_size % mesh.shape[partitioning.DATA]:
-        raise UsageError(
+        raise cli.UsageError(
             f"--batch_size {args.batch_size} must be a multiple of the mesh's data axis "
             f"({mesh.shape[partitioning.DATA]}: {jax.device_count()} devices / "
             f"--model_parallelism {args.model_parallelism})"
@@ -237,10 +153,10 @@ def make_decoders(
     try:
         config, params = inference.load_params(args.checkpoint, mesh)
     except checkpoints.CheckpointError as error:
-        raise UsageError(f"--checkpoint {error}") from None
+        raise cli.UsageError(f"--checkpoint {error}") from None
     pieces = tokenizer.processor.get_piece_size()
     if pieces > config.vocab_size:
-        raise UsageError(
+        raise cli.UsageError(
             f"--vocabulary {args.vocabulary}: {pieces} pieces, more than the checkpoint's "
             f"{config.vocab_size} (expected the vocabulary the student was trained with)"
         )
@@ -263,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             f"all {len(examples)} examples of {args.input} are in {args.output_file}: nothing to do"
         )
         return finish(problems, args.input)
-    tokenizer = Tokenizer(args.vocabulary)
+    try:
+        tokenizer = Tokenizer(args.vocabulary)
+    except VocabularyError as error:
+        raise cli.UsageError(f"--vocabulary {error}") from None
     decoders = make_decoders(args, tokenizer)
     done = len(examples) - len(pending)
     counter = progress.Counter(len(examples), initial=done)
@@ -273,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             rows = predict(batch, tokenizer, decoders, args.batch_size, args.max_input_length)
             done += len(batch)
             if stream is not None:
-                write_rows(stream, rows)
+                jsonl.append_rows(stream, rows)
                 counter.update(done, skipped_lines=len(problems))
     if jax.process_index() == 0:
         counter.update(done, force=True, skipped_lines=len(problems))
@@ -323,11 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     partitioning.initialize_distributed(
         args.coordinator_address, args.num_processes, args.process_id
     )
-    try:
-        return run(args)
-    except UsageError as error:
-        say(str(error))
-        return 2
+    return cli.exit_status(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

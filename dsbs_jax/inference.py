@@ -74,10 +74,12 @@ class BatchDecoder:
         self.max_length, self.method = max_length, method
         self.options = dict(options or {})
 
-    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+    def __call__(self, tokens: np.ndarray, rng: jax.Array | None = None) -> np.ndarray:
+        """Decodes one batch; `rng`, if given, replaces the options' (a new draw per batch)."""
         tokens = np.asarray(tokens)[:, : trimmed_width(tokens)]
         inputs = partitioning.global_batch(self.mesh, partitioning.host_share({"t": tokens}))["t"]
+        options = self.options if rng is None else {**self.options, "rng": rng}
         output = decoding.generate(
-            self.config, self.params, inputs, self.max_length, self.method, **self.options
+            self.config, self.params, inputs, self.max_length, self.method, **options
         )
         return partitioning.gather(output)

@@ -123,9 +123,13 @@ SH_REQUIRED = {"dsbs-train": "%TRAIN_STEPS", "dsbs-eval": "%CHECKPOINT_PATH"}
 @pytest.mark.parametrize("command", SH_COMMANDS)
 def test_cluster_commands_parse(command):
     import gin
-    from dsbs_jax import gin_utils
+    from dsbs_jax import annotate, gin_utils
 
     binary, *argv = shlex.split(command)
+    if binary == "dsbs-annotate":  # plain flags
+        args = annotate.parse_flags(argv)
+        assert args.backend == "openai" and args.samples > 1
+        return
     parser = gin_utils.flag_parser(binary, "")
     parser.add_argument("--select_on")  # dsbs-eval's own flag
     args, bindings = gin_utils.parse_flags(parser, argv)

@@ -1,0 +1,558 @@
+"""dsbs-annotate: a teacher LLM's chain-of-thought rationales for a dataset, by few-shot prompts.
+
+    dsbs-annotate --input tfds:NAME|jsonl:PATH [--data_dir DIR] --split train|validation|test
+        --prompt NAME|PATH --backend openai|seq2seq --output_dir DIR
+        [--base_url URL --model NAME] [--endpoint completions|chat] [--api_key_env VAR]
+        [--concurrency 8] [--requests_per_minute N] [--max_retries 6] [--timeout 60]
+        [--backoff_base 1]
+        [--checkpoint PATH --vocabulary SPM] [--batch_size 8] [--max_input_length 1024]
+        [--samples 1] [--keep vote|gold|all] [--temperature 0] [--max_tokens 256]
+        [--stop TEXT ...] [--seed N] [--limit N]
+        [--dataset NAME | --input_field input --label_field FIELD --id_field id]
+
+Paying a teacher for thousands of examples must survive a busy server and a killed run. So
+rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` in input order, chunk by chunk, each
+keyed by the example's id and a fingerprint of (teacher, prompt, samples, keep): a re-run
+skips what is done and ends with the bytes an uninterrupted run writes. An example whose
+requests all failed is not written, so the next run retries it.
+
+With `--samples K`, each output is parsed by the prompt's answer format and the labels vote
+(self-consistency; labels compared by the dataset's rule, e.g. SVAMP equations by value):
+`--keep vote` keeps the outputs that agree with the majority, `gold` those that agree with
+the gold label (falling back to the vote without one), `all` every parsed one.
+
+With JSONL input and `--dataset NAME`, a finished run also writes the paper's release
+layout under OUTPUT_DIR (`NAME/NAME_{split}.json` with the input rows and
+`NAME/llm/{split}_CoT_0.json` with the first kept output of each, "" for none), so
+`dsbs-prepare --dataset NAME --manual_dir OUTPUT_DIR` builds it as it builds the paper's
+data. TFDS input gives annotations and the manifest only: a built dataset keeps the model
+input, not the release rows (CQA's choices, NLI's premise and hypothesis) a builder reads.
+`OUTPUT_DIR/manifest_{split}.json` records the teacher, prompt hash, settings, counts, parse
+failures, the teacher's accuracy against gold and the client's request counters.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from dsbs_jax import cli, files, jsonl, progress
+from dsbs_jax.data import metrics, release, teacher_outputs
+from dsbs_jax.teacher import prompts
+from dsbs_jax.teacher.backends import Teacher, TeacherError
+from dsbs_jax.teacher.openai import ENDPOINTS, OpenAITeacher
+
+PROG = "dsbs-annotate"
+KEEP = ("vote", "gold", "all")
+# Examples per chunk, per request slot: enough to keep every slot busy between the writes.
+CHUNK_PER_WORKER = 4
+SETTINGS = (
+    "input",
+    "split",
+    "dataset",
+    "backend",
+    "base_url",
+    "api_key_env",
+    "samples",
+    "keep",
+    "concurrency",
+    "requests_per_minute",
+    "max_retries",
+    "timeout",
+    "batch_size",
+    "max_input_length",
+    "limit",
+)
+
+Id = str | int
+Matcher = Callable[[str, str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One input: its id, model input, gold label (None when unknown) and the row it came
+    from (JSONL input only, for the release layout)."""
+
+    id: Id
+    input: str
+    gold: str | None
+    row: dict | None = None
+
+
+def say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_tfds(name: str, split: str, data_dir: str | None) -> list[Example]:
+    """A built TFDS split with features `id`, `input` and (optionally) `label`, in order."""
+    import tensorflow_datasets as tfds
+
+    from dsbs_jax.data import builders  # noqa: F401  (registers the dsbs_* builders)
+
+    try:
+        dataset = tfds.load(
+            name, split=split, data_dir=data_dir, shuffle_files=False, download=False
+        )
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError) as error:
+        first_line = str(error).strip().split("\n")[0]
+        raise cli.UsageError(f"--input tfds:{name} --split {split}: {first_line}") from None
+    return [
+        Example(
+            id=_text(row["id"]),
+            input=_text(row["input"]),
+            gold=_text(row["label"]) if "label" in row else None,
+        )
+        for row in tfds.as_numpy(dataset)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class JsonlFields:
+    """How a JSONL row becomes an example: by a release spec, or by field names."""
+
+    spec: release.DatasetSpec | None
+    input_field: str = "input"
+    label_field: str | None = None
+    id_field: str | None = "id"
+
+
+def _model_input_and_gold(record: dict, fields: JsonlFields) -> tuple[str, str | None]:
+    if fields.spec is None:
+        gold_field = fields.label_field
+        gold = jsonl.string_field(record, gold_field) if gold_field in record else None
+        return jsonl.string_field(record, fields.input_field), gold
+    if absent := [field for field in fields.spec.fields if field not in record]:
+        raise ValueError(f"no field {absent[0]!r} (expected {', '.join(fields.spec.fields)})")
+    try:
+        model_input, gold = fields.spec.build_input(record), fields.spec.build_label(record)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"not a {fields.spec.name} row ({error!r})") from None
+    if not (isinstance(model_input, str) and isinstance(gold, str)):
+        raise ValueError(f"not a {fields.spec.name} row (its input and label must be text)")
+    return model_input, gold
+
+
+def read_jsonl(path: str, fields: JsonlFields) -> tuple[list[Example], list[str]]:
+    """The examples of a JSONL file, and a `FILE:LINE: problem` for each line skipped.
+
+    Blank lines are ignored; without an id field, a row's line number is its id.
+    """
+
+    def example(record: dict, number: int) -> Example:
+        model_input, gold = _model_input_and_gold(record, fields)
+        return Example(jsonl.record_id(record, fields.id_field, number), model_input, gold, record)
+
+    try:
+        return jsonl.read_examples(path, example, lambda e: e.id)
+    except OSError as error:
+        raise cli.UsageError(f"--input jsonl:{path}: cannot read it ({error.strerror})") from None
+
+
+def read_examples(
+    args: argparse.Namespace, spec: release.DatasetSpec | None
+) -> tuple[list[Example], list[str]]:
+    """The examples `--input` names (the first `--limit`), and the lines skipped."""
+    scheme, _, location = args.input.partition(":")
+    if scheme == "tfds" and location:
+        if spec:
+            raise cli.UsageError("--dataset is for jsonl input (a TFDS dataset names its own rows)")
+        examples, problems = read_tfds(location, args.split, args.data_dir), []
+    elif scheme == "jsonl" and location:
+        id_field = (spec.id_field if spec else args.id_field) or None
+        fields = JsonlFields(spec, args.input_field, args.label_field, id_field)
+        examples, problems = read_jsonl(location, fields)
+    else:
+        raise cli.UsageError(f"--input {args.input}: expected tfds:NAME or jsonl:PATH")
+    return examples[: args.limit], problems
+
+
+def dataset_spec(name: str) -> release.DatasetSpec:
+    try:
+        return release.dataset_spec(name)
+    except ValueError as error:
+        raise cli.UsageError(f"--dataset: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Voting
+# ---------------------------------------------------------------------------------------------
+
+
+def label_matcher(dataset: str) -> Matcher:
+    """The dataset's rule for two labels being the same answer; exact (stripped) otherwise."""
+    spec = release.SPECS.get(dataset)
+    return spec.label_matches if spec else metrics.labels_match
+
+
+def majority(labels: Sequence[str | None], matches: Matcher) -> str | None:
+    """The label of the largest cluster of matching labels (ties: the cluster that starts
+    first); None when no label parsed. A cluster is named by its first label."""
+    clusters: list[list[str]] = []
+    for label in labels:
+        if label is None:
+            continue
+        cluster = next((c for c in clusters if matches(c[0], label)), None)
+        if cluster is None:
+            clusters.append([label])
+        else:
+            cluster.append(label)
+    return max(clusters, key=len)[0] if clusters else None
+
+
+def annotation(
+    example: Example,
+    outputs: Sequence[str | None],
+    dataset: str,
+    keep: str,
+    fingerprint: str,
+) -> dict | None:
+    """The row for one example's outputs; None when every request for it failed."""
+    if all(output is None for output in outputs):
+        return None
+    matches = label_matcher(dataset)
+    parsed = [None if raw is None else teacher_outputs.parse(dataset, raw) for raw in outputs]
+    labels = [p.label if p is not None and p.parsed else None for p in parsed]
+    vote = majority(labels, matches)
+    target = example.gold if keep == "gold" and example.gold is not None else vote
+    kept = [
+        i
+        for i, label in enumerate(labels)
+        if label is not None and (keep == "all" or matches(target, label))
+    ]
+    return {
+        "id": example.id,
+        "fingerprint": fingerprint,
+        "input": example.input,
+        "gold": example.gold,
+        "outputs": list(outputs),
+        "labels": labels,
+        "vote": vote,
+        "kept": kept,
+        "rationale": parsed[kept[0]].rationale if kept else None,
+        "label": target,
+        "failed": sum(output is None for output in outputs),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def annotations_file(split: str) -> str:
+    """One annotations file per split: the ids of different splits may coincide (line numbers)."""
+    return f"annotations_{split}.jsonl"
+
+
+def manifest_file(split: str) -> str:
+    return f"manifest_{split}.json"
+
+
+def fingerprint(description: dict, prompt_sha256: str, samples: int, keep: str) -> str:
+    """First 16 hex digits of the SHA-256 of what decides a row: teacher, prompt, settings."""
+    key = {"teacher": description, "prompt": prompt_sha256, "samples": samples, "keep": keep}
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def done_rows(path: pathlib.Path, key: str) -> tuple[dict[Id, dict], int]:
+    """The rows of `path` with fingerprint `key` by id, and how many rows have another."""
+    lines, partial = files.complete_lines(path)
+    if partial:
+        say(f"dropped the partial last line of {path} (a write that was cut off)")
+    rows, other = {}, 0
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            row_id, row_key = row["id"], row["fingerprint"]
+        except (ValueError, KeyError, TypeError):
+            raise cli.UsageError(
+                f"{path}:{number}: not a row {PROG} writes (expected a JSON object with an "
+                "'id' and a 'fingerprint'); give another --output_dir or remove the file"
+            ) from None
+        if row_key == key:
+            rows[row_id] = row
+        else:
+            other += 1
+    return rows, other
+
+
+def release_output(row: dict) -> str:
+    """What the release's llm files hold for a row: its first kept raw output, or ""."""
+    return row["outputs"][row["kept"][0]] if row["kept"] else ""
+
+
+def write_release(
+    output_dir: pathlib.Path,
+    spec: release.DatasetSpec,
+    split: str,
+    examples: list[Example],
+    rows: dict[Id, dict],
+) -> pathlib.Path:
+    """The input rows and teacher outputs in the paper's release layout; returns the folder."""
+    release_split = spec.release_split(split)
+    folder = output_dir / spec.name
+    lines = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in examples)
+    files.write_atomically(folder / spec.rows_file(release_split), lines)
+    outputs = [release_output(rows[example.id]) for example in examples]
+    chunk = folder / "llm" / f"{release_split}_CoT_0.json"
+    files.write_atomically(chunk, json.dumps(outputs, ensure_ascii=False))
+    return folder
+
+
+def counts(rows: list[dict]) -> dict[str, int]:
+    """Figures over the annotated rows."""
+    outputs = [pair for row in rows for pair in zip(row["outputs"], row["labels"], strict=True)]
+    return {
+        "annotated": len(rows),
+        "outputs": sum(raw is not None for raw, _ in outputs),
+        "failed_outputs": sum(row["failed"] for row in rows),
+        "parse_failures": sum(raw is not None and label is None for raw, label in outputs),
+        "kept": sum(len(row["kept"]) for row in rows),
+        "with_rationale": sum(row["rationale"] is not None for row in rows),
+    }
+
+
+def teacher_accuracy(rows: list[dict], matches: Matcher) -> dict:
+    """The vote against gold (no vote counts as wrong), over the rows with a gold label."""
+    scored = [row for row in rows if row["gold"] is not None]
+    correct = sum(row["vote"] is not None and matches(row["gold"], row["vote"]) for row in scored)
+    return {
+        "correct": correct,
+        "scored": len(scored),
+        "accuracy": correct / len(scored) if scored else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def make_teacher(args: argparse.Namespace, prompt: prompts.Prompt) -> Teacher:
+    """The backend the flags ask for (the seq2seq one imports JAX, so only when asked)."""
+    if args.backend == "openai":
+        if not (args.base_url and args.model):
+            raise cli.UsageError("--backend openai needs --base_url and --model")
+        return OpenAITeacher(
+            args.base_url,
+            args.model,
+            prompt,
+            endpoint=args.endpoint,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            requests_per_minute=args.requests_per_minute,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            stop=args.stop,
+            seed=args.seed,
+            backoff_base=args.backoff_base,
+        )
+    if not (args.checkpoint and args.vocabulary):
+        raise cli.UsageError("--backend seq2seq needs --checkpoint and --vocabulary")
+    from dsbs_jax.checkpoints import CheckpointError
+    from dsbs_jax.teacher.seq2seq import Seq2SeqTeacher
+
+    try:
+        return Seq2SeqTeacher(
+            args.checkpoint,
+            args.vocabulary,
+            prompt,
+            max_input_length=args.max_input_length,
+            max_length=args.max_tokens,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            model_parallelism=args.model_parallelism,
+            seed=args.seed or 0,
+        )
+    except (ValueError, CheckpointError) as error:
+        raise cli.UsageError(f"--backend seq2seq: {error}") from None
+
+
+def load_prompt(args: argparse.Namespace) -> prompts.Prompt:
+    try:
+        prompt = prompts.load_prompt(args.prompt)
+    except prompts.PromptError as error:
+        raise cli.UsageError(f"--prompt: {error}") from None
+    if args.dataset and prompt.dataset != args.dataset:
+        raise cli.UsageError(
+            f"--prompt {args.prompt} writes {prompt.dataset!r} answers but --dataset is "
+            f"{args.dataset!r}: the builder would parse them by another rule"
+        )
+    return prompt
+
+
+def annotate_pending(
+    args: argparse.Namespace,
+    teacher: Teacher,
+    prompt: prompts.Prompt,
+    key: str,
+    examples: list[Example],
+    rows: dict[Id, dict],
+) -> None:
+    """Annotate the examples without a row, chunk by chunk, appending to the output file."""
+    pending = [example for example in examples if example.id not in rows]
+    workers = args.concurrency if args.backend == "openai" else args.batch_size
+    chunk_size = CHUNK_PER_WORKER * workers
+    done, failures = len(examples) - len(pending), 0
+    counter = progress.Counter(len(examples), initial=done)
+    with open(args.output_dir / annotations_file(args.split), "ab") as stream:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            outputs = teacher.generate([example.input for example in chunk], args.samples)
+            failures += sum(raw is None for samples in outputs for raw in samples)
+            new = [
+                annotation(example, samples, prompt.dataset, args.keep, key)
+                for example, samples in zip(chunk, outputs, strict=True)
+            ]
+            new = [row for row in new if row is not None]
+            jsonl.append_rows(stream, new)
+            rows.update((row["id"], row) for row in new)
+            done += len(new)
+            counter.update(done, force=start + chunk_size >= len(pending), failures=failures)
+
+
+def manifest(
+    args: argparse.Namespace,
+    teacher: Teacher,
+    prompt: prompts.Prompt,
+    key: str,
+    annotated: list[dict],
+    input_counts: dict[str, int],
+) -> dict:
+    """What the run was and what it gave; the counts cover this fingerprint's rows."""
+    stats = getattr(teacher, "stats", None)
+    return {
+        "teacher": teacher.description,
+        "prompt": {"name": prompt.name, "dataset": prompt.dataset, "sha256": prompt.sha256},
+        "fingerprint": key,
+        "settings": {name: getattr(args, name) for name in SETTINGS},
+        "counts": {**input_counts, **counts(annotated)},
+        "teacher_accuracy": teacher_accuracy(annotated, label_matcher(prompt.dataset)),
+        "client": stats() if stats else None,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Annotate every pending example; 1 if some are left or input lines were skipped."""
+    start = time.monotonic()
+    spec = dataset_spec(args.dataset) if args.dataset else None
+    prompt = load_prompt(args)
+    examples, problems = read_examples(args, spec)
+    if problems:
+        print("\n".join(problems), file=sys.stderr, flush=True)
+    teacher = make_teacher(args, prompt)
+    key = fingerprint(teacher.description, prompt.sha256, args.samples, args.keep)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    annotations = annotations_file(args.split)
+    rows, other = done_rows(args.output_dir / annotations, key)
+    if other:
+        say(f"{other} rows of {annotations} have another fingerprint: kept, but not counted")
+    done = sum(example.id in rows for example in examples)
+    say(f"fingerprint {key}: {done} of {len(examples)} examples already annotated")
+    try:
+        annotate_pending(args, teacher, prompt, key, examples, rows)
+    except TeacherError as error:
+        say(f"stopped: {error}")
+        return 2
+    annotated = [rows[example.id] for example in examples if example.id in rows]
+    left = len(examples) - len(annotated)
+    input_counts = {
+        "examples": len(examples),
+        "unannotated": left,
+        "skipped_lines": len(problems),
+        "other_fingerprint_rows": other,
+    }
+    record = manifest(args, teacher, prompt, key, annotated, input_counts)
+    record["elapsed_seconds"] = round(time.monotonic() - start, 3)
+    manifest_path = args.output_dir / manifest_file(args.split)
+    files.write_atomically(manifest_path, json.dumps(record, indent=2) + "\n")
+    if left:
+        say(f"{left} of {len(examples)} examples not annotated (requests failed): run again")
+    elif spec:
+        folder = write_release(args.output_dir, spec, args.split, examples, rows)
+        say(f"wrote the release layout of {len(examples)} examples to {folder}")
+    if problems:
+        say(f"skipped {len(problems)} bad lines of {args.input} (named above)")
+    return 1 if left or problems else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="tfds:NAME or jsonl:PATH")
+    parser.add_argument("--data_dir", help="TFDS data dir (tfds input)")
+    parser.add_argument("--split", required=True, choices=release.SPLITS)
+    parser.add_argument("--prompt", required=True, help="packaged prompt name or JSON file")
+    parser.add_argument("--backend", choices=("openai", "seq2seq"), default="openai")
+    parser.add_argument("--output_dir", required=True, type=pathlib.Path)
+    jsonl = parser.add_argument_group("JSONL input")
+    jsonl.add_argument("--dataset", help="release dataset whose rows the file holds")
+    jsonl.add_argument("--input_field", default="input", help="without --dataset")
+    jsonl.add_argument("--label_field", help="gold label, without --dataset (optional)")
+    jsonl.add_argument("--id_field", default="id", help="absent: the line number is the id")
+    server = parser.add_argument_group("openai backend")
+    server.add_argument("--base_url", help="e.g. http://127.0.0.1:8000/v1")
+    server.add_argument("--model")
+    server.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="completions")
+    server.add_argument("--api_key_env", default="OPENAI_API_KEY", help="the key's env variable")
+    server.add_argument("--concurrency", type=int, default=8)
+    server.add_argument("--requests_per_minute", type=float)
+    server.add_argument("--max_retries", type=int, default=6)
+    server.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    server.add_argument("--backoff_base", type=float, default=1.0, help="first retry's delay")
+    model = parser.add_argument_group("seq2seq backend")
+    model.add_argument("--checkpoint")
+    model.add_argument("--vocabulary", help="SentencePiece model")
+    model.add_argument("--batch_size", type=int, default=8)
+    model.add_argument("--max_input_length", type=int, default=1024)
+    model.add_argument("--model_parallelism", type=int, default=1)
+    decoding = parser.add_argument_group("decoding and voting")
+    decoding.add_argument("--samples", type=int, default=1, help="outputs per example")
+    decoding.add_argument("--keep", choices=KEEP, default="vote")
+    decoding.add_argument("--temperature", type=float, default=0.0)
+    decoding.add_argument("--max_tokens", type=int, default=256)
+    decoding.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    decoding.add_argument("--seed", type=int, help="sample j asks for seed + j")
+    decoding.add_argument("--limit", type=int, help="annotate the first N examples only")
+    args = parser.parse_args(argv)
+    for name in ("concurrency", "samples", "batch_size", "max_tokens", "max_input_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.max_retries < 0 or (args.limit is not None and args.limit < 0):
+        parser.error("--max_retries and --limit must not be negative")
+    if args.timeout <= 0 or (
+        args.requests_per_minute is not None and args.requests_per_minute <= 0
+    ):
+        parser.error("--timeout and --requests_per_minute must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_flags(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
+    return cli.exit_status(PROG, lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The teacher: few-shot chain-of-thought prompts, LLM backends and rationale extraction."""

@@ -1,0 +1,25 @@
+"""What `dsbs-annotate` needs of a teacher, whatever serves it.
+
+An HTTP endpoint (`openai.OpenAITeacher`) and an in-process seq2seq model
+(`seq2seq.Seq2SeqTeacher`) differ in everything but this: given model inputs, return each
+one's raw chain-of-thought outputs, and say exactly which teacher and decoding settings
+wrote them, so that a resumed run knows whether earlier rows are its own. A backend may also
+offer `stats() -> dict` (its request counters), which the manifest then records.
+"""
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class TeacherError(Exception):
+    """The teacher cannot serve this run at all (wrong key, URL or model): stop, don't retry."""
+
+
+class Teacher(Protocol):
+    @property
+    def description(self) -> dict:
+        """The teacher and its decoding settings, as JSON-able values and without secrets:
+        part of the annotations' fingerprint and of the manifest."""
+
+    def generate(self, inputs: Sequence[str], samples: int) -> list[list[str | None]]:
+        """Per input, `samples` raw outputs; None for a request that failed after retries."""

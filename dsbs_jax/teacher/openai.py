@@ -1,0 +1,268 @@
+"""A teacher behind any OpenAI-compatible HTTP endpoint: vLLM, TGI, llama.cpp, Ollama, hosted APIs.
+
+Annotating a dataset is thousands of small requests to a server that may be busy, rate
+limited or briefly down. So each request is retried with exponential backoff and jitter on
+429, 5xx, timeouts, dropped connections and unreadable answers (a `Retry-After` header is
+honoured), all threads share one requests-per-minute budget, and a refusal no retry can fix
+(HTTP 401, 403, 404: a wrong key, URL or model) stops the run at once rather than after
+thousands of attempts. Any other 4xx fails its own request only.
+
+Each sample is its own request (`n` is 1): not every server implements `n > 1`, and a server
+at temperature 0 need not be deterministic either. With a `seed`, sample j asks for seed
+`seed + j`, so servers that honour it (vLLM, llama.cpp, OpenAI) repeat their samples.
+
+The API key is read only from an environment variable, sent as a bearer token, and scrubbed
+from every message this module writes. The standard library does the HTTP: nothing to
+install. The base URL is not part of `description`: it says where the teacher is served (a
+restarted local server has a new port), not what it writes.
+"""
+
+import collections
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from dsbs_jax.teacher.backends import TeacherError
+from dsbs_jax.teacher.prompts import Prompt
+
+ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
+REFUSED = (401, 403, 404)  # the key, URL or model is wrong: no request can succeed
+RETRIED_CAUSES = ("429", "5xx", "timeout", "connection", "malformed")
+SERVER_MESSAGE_CHARS = 300
+
+log = logging.getLogger(__name__)
+
+
+class _Failure(Exception):
+    """One attempt failed. cause: one of RETRIED_CAUSES, "refused" or "rejected" (other 4xx)."""
+
+    def __init__(self, cause: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.cause, self.message, self.retry_after = cause, message, retry_after
+
+
+class RateLimiter:
+    """Hands out request slots `60 / requests_per_minute` seconds apart, to all threads."""
+
+    def __init__(self, requests_per_minute: float | None):
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self.lock = threading.Lock()
+        self.next_slot = 0.0
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until this caller's slot (or until `stop` is set)."""
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + self.interval
+        stop.wait(slot - now)
+
+
+def _retry_after(headers: object) -> float | None:
+    """Seconds from a `Retry-After: N` header; None when absent or an HTTP date."""
+    try:
+        return max(0.0, float(headers.get("Retry-After", "")))
+    except (AttributeError, ValueError):
+        return None
+
+
+def _server_message(error: urllib.error.HTTPError) -> str:
+    """What the server said about an error: its JSON `error.message`, else its text."""
+    try:
+        body = error.read(SERVER_MESSAGE_CHARS * 4).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    try:
+        message = json.loads(body)["error"]
+        message = message.get("message", message) if isinstance(message, dict) else message
+    except (ValueError, KeyError, TypeError):
+        message = body
+    return " ".join(str(message).split())[:SERVER_MESSAGE_CHARS]
+
+
+class OpenAITeacher:
+    """Completions or chat completions from `{base_url}/completions` or
+    `{base_url}/chat/completions`, `concurrency` requests at a time."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        prompt: Prompt,
+        *,
+        endpoint: str = "completions",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        requests_per_minute: float | None = None,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+    ):
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint {endpoint!r}: expected one of {sorted(ENDPOINTS)}")
+        if concurrency < 1 or max_retries < 0:
+            raise ValueError("concurrency must be at least 1 and max_retries at least 0")
+        self.url = base_url.rstrip("/") + ENDPOINTS[endpoint]
+        self.model, self.prompt, self.endpoint = model, prompt, endpoint
+        self.api_key_env, self._key = api_key_env, os.environ.get(api_key_env) or None
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.stop = list(stop) if stop else None
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self._rate = RateLimiter(requests_per_minute)
+        self._halt, self._fatal = threading.Event(), ""
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._retries: collections.Counter[str] = collections.Counter()
+
+    @property
+    def description(self) -> dict:
+        return {
+            "backend": "openai",
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": self.stop,
+            "seed": self.seed,
+        }
+
+    def stats(self) -> dict:
+        """Attempts sent, requests that succeeded or failed for good, retries by cause."""
+        with self._lock:
+            counts = {name: self._counts[name] for name in ("requests", "succeeded", "failed")}
+            return {**counts, "retries": {cause: self._retries[cause] for cause in RETRIED_CAUSES}}
+
+    def generate(self, inputs: Sequence[str], samples: int) -> list[list[str | None]]:
+        """Per input, `samples` outputs (None: failed after retries), `concurrency` at a time.
+        Raises `TeacherError` when the server refuses the key, URL or model."""
+        texts = [text for text in inputs for _ in range(samples)]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            outputs = list(pool.map(self._sample, texts, list(range(samples)) * len(inputs)))
+        if self._fatal:
+            raise TeacherError(self._fatal)
+        return [outputs[i : i + samples] for i in range(0, len(outputs), samples)]
+
+    # -----------------------------------------------------------------------------------------
+
+    def _sample(self, text: str, sample: int) -> str | None:
+        """One sample with retries; None when it failed for good or the run is halted."""
+        body, attempts = self._body(text, sample), 0
+        while not self._halt.is_set():
+            self._rate.wait(self._halt)
+            try:
+                output = self._post(body)
+            except _Failure as failure:
+                attempts += 1
+                if failure.cause not in RETRIED_CAUSES or attempts > self.max_retries:
+                    return self._give_up(failure, attempts)
+                self._count(self._retries, failure.cause)
+                delay = failure.retry_after
+                self._halt.wait(self._backoff(attempts - 1) if delay is None else delay)
+                continue
+            self._count(self._counts, "succeeded")
+            return output
+        return None
+
+    def _give_up(self, failure: _Failure, attempts: int) -> None:
+        self._count(self._counts, "failed")
+        message = self._scrub(f"{self.url}: {failure.message}")
+        if failure.cause == "refused":
+            key = "set" if self._key else "not set"
+            with self._lock:
+                self._fatal = self._fatal or (
+                    f"{message} (check the API key in ${self.api_key_env}, which is {key}, "
+                    "--base_url and --model)"
+                )
+            self._halt.set()
+        else:
+            log.warning("request failed after %d attempt(s): %s", attempts, message)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: between half and all of base * 2^attempt."""
+        return min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+
+    def _count(self, counter: collections.Counter, name: str) -> None:
+        with self._lock:
+            counter[name] += 1
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _body(self, text: str, sample: int) -> dict:
+        body = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "n": 1,
+        }
+        if self.endpoint == "chat":
+            body["messages"] = self.prompt.messages(text)
+        else:
+            body["prompt"] = self.prompt.text(text)
+        if self.stop:
+            body["stop"] = self.stop
+        if self.seed is not None:
+            body["seed"] = self.seed + sample
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "dsbs-annotate"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        return headers
+
+    def _post(self, body: dict) -> str:
+        """One attempt: the output text, or `_Failure` saying why not."""
+        data = json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.url, data, self._headers(), method="POST")
+        self._count(self._counts, "requests")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as error:
+            raise self._http_failure(error) from None
+        except urllib.error.URLError as error:
+            cause = "timeout" if isinstance(error.reason, TimeoutError) else "connection"
+            raise _Failure(cause, f"cannot connect ({error.reason})") from None
+        except TimeoutError:
+            raise _Failure("timeout", f"no answer within {self.timeout} s") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise _Failure("connection", f"connection failed ({error!r})") from None
+        return self._output(payload)
+
+    def _http_failure(self, error: urllib.error.HTTPError) -> _Failure:
+        status = f"HTTP {error.code} {error.reason}"
+        message = f"{status}: {_server_message(error)}".rstrip(": ")
+        if error.code == 429:
+            return _Failure("429", message, _retry_after(error.headers))
+        if error.code >= 500:
+            return _Failure("5xx", message, _retry_after(error.headers))
+        return _Failure("refused" if error.code in REFUSED else "rejected", message)
+
+    def _output(self, payload: bytes) -> str:
+        """`choices[0].text` (completions) or `choices[0].message.content` (chat)."""
+        field = "choices[0].message.content" if self.endpoint == "chat" else "choices[0].text"
+        try:
+            choice = json.loads(payload)["choices"][0]
+            text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise _Failure("malformed", f"the answer is not JSON with a string {field}")
+        return text
