@@ -11,10 +11,12 @@
         [--dataset NAME | --input_field input --label_field FIELD --id_field id]
 
 Paying a teacher for thousands of examples must survive a busy server and a killed run. So
-rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` in input order, chunk by chunk, each
-keyed by the example's id and a fingerprint of (teacher, prompt, samples, keep): a re-run
-skips what is done and ends with the bytes an uninterrupted run writes. An example whose
-requests all failed is not written, so the next run retries it.
+rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` chunk by chunk, each with the
+example's id, input and gold label and a fingerprint of (teacher, prompt, samples): a re-run
+skips the examples that have a row (same fingerprint, same input), and at the end every run
+rewrites the file as an uninterrupted one would leave it (its rows in input order, then any
+other rows as they were). An example is written only once all its samples were answered, so
+the next run asks again for those left.
 
 With `--samples K`, each output is parsed by the prompt's answer format and the labels vote
 (self-consistency; labels compared by the dataset's rule, e.g. SVAMP equations by value):
@@ -49,6 +51,7 @@ from dsbs_jax.teacher.openai import ENDPOINTS, OpenAITeacher
 
 PROG = "dsbs-annotate"
 KEEP = ("vote", "gold", "all")
+ROW_KEYS = {"id", "fingerprint", "input", "gold", "outputs"}
 # Examples per chunk, per request slot: enough to keep every slot busy between the writes.
 CHUNK_PER_WORKER = 4
 SETTINGS = (
@@ -180,11 +183,18 @@ def read_examples(
     return examples[: args.limit], problems
 
 
-def dataset_spec(name: str) -> release.DatasetSpec:
+def dataset_spec(name: str, split: str) -> release.DatasetSpec:
+    """The release spec of `--dataset`; its release must have a file for `split`."""
     try:
-        return release.dataset_spec(name)
+        spec = release.dataset_spec(name)
     except ValueError as error:
         raise cli.UsageError(f"--dataset: {error}") from None
+    if split == "validation" and not spec.has_validation:
+        raise cli.UsageError(
+            f"--dataset {name} has no validation file (its builder holds validation out of "
+            "train): annotate the release's train rows with --split train"
+        )
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,17 +225,15 @@ def majority(labels: Sequence[str | None], matches: Matcher) -> str | None:
 
 def annotation(
     example: Example,
-    outputs: Sequence[str | None],
+    outputs: Sequence[str],
     dataset: str,
     keep: str,
     fingerprint: str,
-) -> dict | None:
-    """The row for one example's outputs; None when every request for it failed."""
-    if all(output is None for output in outputs):
-        return None
+) -> dict:
+    """The row for one example's outputs (every sample answered)."""
     matches = label_matcher(dataset)
-    parsed = [None if raw is None else teacher_outputs.parse(dataset, raw) for raw in outputs]
-    labels = [p.label if p is not None and p.parsed else None for p in parsed]
+    parsed = [teacher_outputs.parse(dataset, raw) for raw in outputs]
+    labels = [p.label if p.parsed else None for p in parsed]
     vote = majority(labels, matches)
     target = example.gold if keep == "gold" and example.gold is not None else vote
     kept = [
@@ -244,7 +252,6 @@ def annotation(
         "kept": kept,
         "rationale": parsed[kept[0]].rationale if kept else None,
         "label": target,
-        "failed": sum(output is None for output in outputs),
     }
 
 
@@ -262,33 +269,66 @@ def manifest_file(split: str) -> str:
     return f"manifest_{split}.json"
 
 
-def fingerprint(description: dict, prompt_sha256: str, samples: int, keep: str) -> str:
-    """First 16 hex digits of the SHA-256 of what decides a row: teacher, prompt, settings."""
-    key = {"teacher": description, "prompt": prompt_sha256, "samples": samples, "keep": keep}
+def fingerprint(description: dict, prompt_sha256: str, samples: int) -> str:
+    """First 16 hex digits of the SHA-256 of what decides a row's outputs: teacher, prompt,
+    samples. (`--keep` only reads the outputs, so rows are recomputed rather than re-asked.)"""
+    key = {"teacher": description, "prompt": prompt_sha256, "samples": samples}
     canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def done_rows(path: pathlib.Path, key: str) -> tuple[dict[Id, dict], int]:
-    """The rows of `path` with fingerprint `key` by id, and how many rows have another."""
+def saved_rows(path: pathlib.Path) -> list[tuple[dict, bytes]]:
+    """Every complete row of an annotations file with its line (a partial last line, from a
+    killed write, is dropped first)."""
     lines, partial = files.complete_lines(path)
     if partial:
         say(f"dropped the partial last line of {path} (a write that was cut off)")
-    rows, other = {}, 0
+    saved = []
     for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
-            row_id, row_key = row["id"], row["fingerprint"]
-        except (ValueError, KeyError, TypeError):
+            if not row.keys() >= ROW_KEYS:
+                raise ValueError
+        except (ValueError, AttributeError):
             raise cli.UsageError(
-                f"{path}:{number}: not a row {PROG} writes (expected a JSON object with an "
-                "'id' and a 'fingerprint'); give another --output_dir or remove the file"
+                f"{path}:{number}: not a row {PROG} writes (expected a JSON object with "
+                f"{sorted(ROW_KEYS)}); give another --output_dir or remove the file"
             ) from None
-        if row_key == key:
-            rows[row_id] = row
-        else:
-            other += 1
-    return rows, other
+        saved.append((row, line))
+    return saved
+
+
+def _is_row_of(row: dict, key: str, example: Example | None) -> bool:
+    """Whether `row` answers `example` under fingerprint `key`: an id alone is not enough,
+    since ids may be line numbers of a file that has changed since."""
+    return (
+        example is not None
+        and row["fingerprint"] == key
+        and row["input"] == example.input
+        and row["gold"] == example.gold
+    )
+
+
+def rows_for(saved: list[tuple[dict, bytes]], key: str, examples: list[Example]) -> dict[Id, dict]:
+    """The newest saved row of each example under fingerprint `key`."""
+    by_id = {example.id: example for example in examples}
+    return {row["id"]: row for row, _ in saved if _is_row_of(row, key, by_id.get(row["id"]))}
+
+
+def rewrite(
+    path: pathlib.Path,
+    examples: list[Example],
+    rows: dict[Id, dict],
+    saved: list[tuple[dict, bytes]],
+    key: str,
+) -> None:
+    """The annotations file as an uninterrupted run would leave it: this run's rows in input
+    order, then every other saved line as it was (other fingerprints, other inputs)."""
+    by_id = {example.id: example for example in examples}
+    ours = [rows[example.id] for example in examples if example.id in rows]
+    rest = [line + b"\n" for row, line in saved if not _is_row_of(row, key, by_id.get(row["id"]))]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ours)
+    files.write_atomically(path, text.encode() + b"".join(rest))
 
 
 def release_output(row: dict) -> str:
@@ -319,9 +359,8 @@ def counts(rows: list[dict]) -> dict[str, int]:
     outputs = [pair for row in rows for pair in zip(row["outputs"], row["labels"], strict=True)]
     return {
         "annotated": len(rows),
-        "outputs": sum(raw is not None for raw, _ in outputs),
-        "failed_outputs": sum(row["failed"] for row in rows),
-        "parse_failures": sum(raw is not None and label is None for raw, label in outputs),
+        "outputs": len(outputs),
+        "parse_failures": sum(label is None for _, label in outputs),
         "kept": sum(len(row["kept"]) for row in rows),
         "with_rationale": sum(row["rationale"] is not None for row in rows),
     }
@@ -405,8 +444,10 @@ def annotate_pending(
     key: str,
     examples: list[Example],
     rows: dict[Id, dict],
-) -> None:
-    """Annotate the examples without a row, chunk by chunk, appending to the output file."""
+) -> int:
+    """Annotate the examples without a row, chunk by chunk, appending to the output file;
+    returns the number of requests that failed after all retries. An example is written only
+    when every one of its samples was answered (the next run asks again for the others)."""
     pending = [example for example in examples if example.id not in rows]
     workers = args.concurrency if args.backend == "openai" else args.batch_size
     chunk_size = CHUNK_PER_WORKER * workers
@@ -420,12 +461,13 @@ def annotate_pending(
             new = [
                 annotation(example, samples, prompt.dataset, args.keep, key)
                 for example, samples in zip(chunk, outputs, strict=True)
+                if None not in samples
             ]
-            new = [row for row in new if row is not None]
             jsonl.append_rows(stream, new)
             rows.update((row["id"], row) for row in new)
             done += len(new)
             counter.update(done, force=start + chunk_size >= len(pending), failures=failures)
+    return failures
 
 
 def manifest(
@@ -452,25 +494,32 @@ def manifest(
 def run(args: argparse.Namespace) -> int:
     """Annotate every pending example; 1 if some are left or input lines were skipped."""
     start = time.monotonic()
-    spec = dataset_spec(args.dataset) if args.dataset else None
+    spec = dataset_spec(args.dataset, args.split) if args.dataset else None
     prompt = load_prompt(args)
     examples, problems = read_examples(args, spec)
     if problems:
         print("\n".join(problems), file=sys.stderr, flush=True)
     teacher = make_teacher(args, prompt)
-    key = fingerprint(teacher.description, prompt.sha256, args.samples, args.keep)
+    key = fingerprint(teacher.description, prompt.sha256, args.samples)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    annotations = annotations_file(args.split)
-    rows, other = done_rows(args.output_dir / annotations, key)
+    path = args.output_dir / annotations_file(args.split)
+    saved = saved_rows(path)
+    rows = rows_for(saved, key, examples)
+    other = sum(row["fingerprint"] != key for row, _ in saved)
     if other:
-        say(f"{other} rows of {annotations} have another fingerprint: kept, but not counted")
-    done = sum(example.id in rows for example in examples)
-    say(f"fingerprint {key}: {done} of {len(examples)} examples already annotated")
+        say(f"{other} rows of {path.name} have another fingerprint: kept, but not counted")
+    say(f"fingerprint {key}: {len(rows)} of {len(examples)} examples already annotated")
     try:
-        annotate_pending(args, teacher, prompt, key, examples, rows)
+        failures = annotate_pending(args, teacher, prompt, key, examples, rows)
     except TeacherError as error:
         say(f"stopped: {error}")
         return 2
+    by_id = {example.id: example for example in examples}
+    rows = {  # as --keep says now: it decides nothing the teacher was asked
+        row_id: annotation(by_id[row_id], row["outputs"], prompt.dataset, args.keep, key)
+        for row_id, row in rows.items()
+    }
+    rewrite(path, examples, rows, saved, key)
     annotated = [rows[example.id] for example in examples if example.id in rows]
     left = len(examples) - len(annotated)
     input_counts = {
@@ -478,6 +527,7 @@ def run(args: argparse.Namespace) -> int:
         "unannotated": left,
         "skipped_lines": len(problems),
         "other_fingerprint_rows": other,
+        "failed_requests": failures,
     }
     record = manifest(args, teacher, prompt, key, annotated, input_counts)
     record["elapsed_seconds"] = round(time.monotonic() - start, 3)

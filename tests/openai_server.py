@@ -3,11 +3,12 @@
 `dsbs-annotate` must be shown to work against a real HTTP server that misbehaves as real
 ones do, so this one answers `/v1/completions` and `/v1/chat/completions` over real sockets
 with answers the test chose, and can fail the first attempt of chosen inputs: 429 (with
-`Retry-After: 0`), 500, an answer later than the client's timeout, malformed JSON, JSON
-without `choices`, or a 400 whose message echoes the caller's Authorization header (or the
-first `fault_attempts` attempts, to make a request fail for good). It records every request,
-can hold each one for a fixed latency, and can serve at most `max_concurrency` at once
-(others wait), as a server at its limit does.
+`Retry-After: 0`, or `retry_after`), 500, an answer later than the client's timeout,
+malformed JSON, JSON without `choices`, or a 400 whose message echoes the caller's
+Authorization header after `echo_padding` dots (or the first `fault_attempts` attempts, to
+make a request fail for good). It records every request, can hold each one for a fixed
+latency, and can serve at most `max_concurrency` at once (others wait), as a server at its
+limit does.
 
 The input is found in the query (the prompt after its last `Q:`, or the last chat message):
 the longest key of `responses` it contains. A response is one raw output, or a list of
@@ -61,6 +62,8 @@ class FakeOpenAI:
         fault_delay: float = 2.0,
         fault_attempts: int = 1,
         api_key: str | None = None,
+        retry_after: str = "0",
+        echo_padding: int = 0,
     ):
         unknown = set((faults or {}).values()) - set(FAULTS)
         if unknown:
@@ -68,7 +71,8 @@ class FakeOpenAI:
         self.responses, self.faults = dict(responses), dict(faults or {})
         self.keys = sorted(self.responses, key=len, reverse=True)
         self.latency, self.fault_delay, self.api_key = latency, fault_delay, api_key
-        self.fault_attempts = fault_attempts
+        self.fault_attempts, self.retry_after = fault_attempts, retry_after
+        self.echo_padding = echo_padding
         self.slots = (
             threading.BoundedSemaphore(max_concurrency)
             if max_concurrency
@@ -142,14 +146,17 @@ class FakeOpenAI:
 
     def _fault(self, fault: str, headers: dict[str, str]) -> Reply:
         if fault == "429":
-            return Reply(429, {"error": {"message": "slow down"}}, (("Retry-After", "0"),))
+            return Reply(
+                429, {"error": {"message": "slow down"}}, (("Retry-After", self.retry_after),)
+            )
         if fault == "500":
             return _error(500, "internal error")
         if fault == "malformed":
             return Reply(200, b'{"choices": [{"text": "cut o')
         if fault == "no_choices":
             return Reply(200, {"object": "completion"})
-        return _error(400, f"bad request from {headers.get('Authorization')}")
+        padding = "." * self.echo_padding
+        return _error(400, f"{padding}bad request from {headers.get('Authorization')}")
 
 
 class _Handler(BaseHTTPRequestHandler):

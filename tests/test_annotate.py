@@ -144,8 +144,9 @@ def test_a_killed_run_resumed_equals_an_uninterrupted_one(problems, tmp_path, ca
     assert annotations.read_bytes() == (whole / annotate.annotations_file("test")).read_bytes()
 
 
-# SVAMP-style samples: equations with values 4, 6, 4, 6, 4 (3 agree by value, not by text).
-SAMPLES = ["(8 / 2)", "(3 + 3)", "(2 * 2)", "(10 - 4)", "(4)"]
+# SVAMP-style samples: equations with values 6, 4, 4, 6, 4 (3 agree by value, not by text;
+# the first sample is in the minority).
+SAMPLES = ["(3 + 3)", "(8 / 2)", "(2 * 2)", "(10 - 4)", "(4)"]
 
 
 def svamp_output(sample: int) -> str:
@@ -182,9 +183,9 @@ def test_self_consistency_votes_and_keeps_the_agreeing_rationales(tmp_path, keep
         assert row["vote"] == "(8 / 2)"
         agrees_with_gold = metrics.equations_match(gold, "(8 / 2)")
         if keep == "vote" or agrees_with_gold:
-            assert row["kept"] == [0, 2, 4]
+            assert row["kept"] == [1, 2, 4]
         else:
-            assert row["kept"] == [1, 3]
+            assert row["kept"] == [0, 3]
         assert row["label"] == (gold if keep == "gold" else "(8 / 2)")
         assert row["rationale"] == f"Step {row['kept'][0]}: work it out."
     assert manifest(tmp_path / "out")["teacher_accuracy"]["accuracy"] == 0.5
@@ -242,7 +243,7 @@ def test_failed_examples_are_not_written_and_a_rerun_retries_them(problems, tmp_
 
         assert annotate.main(flags(server, input_path, output_dir)) == 0
     ids = [row["id"] for row in read_jsonl(output_dir / annotate.annotations_file("test"))]
-    assert sorted(ids) == sorted(e.id for e in examples) and len(ids) == 12
+    assert ids == [e.id for e in examples]  # rewritten in input order
     assert manifest(output_dir)["counts"]["annotated"] == 12
 
 
@@ -324,26 +325,79 @@ def test_majority_clusters_by_the_rule_and_breaks_ties_by_first():
 
 def test_keep_all_keeps_every_parsed_output():
     example = annotate.Example("q", "question", gold="3")
-    outputs = ["x. So the answer is 3.", "unparsable", None, "y. So the answer is 4."]
+    outputs = ["x. So the answer is 3.", "unparsable", "y. So the answer is 4."]
     row = annotate.annotation(example, outputs, "synthetic", "all", "f")
-    assert row["labels"] == ["3", None, None, "4"] and row["kept"] == [0, 3]
-    assert row["failed"] == 1 and row["rationale"] == "x." and row["label"] == "3"
-    assert annotate.annotation(example, [None, None], "synthetic", "all", "f") is None
+    assert row["labels"] == ["3", None, "4"] and row["kept"] == [0, 2]
+    assert row["rationale"] == "x." and row["label"] == "3"
+
+
+def test_changing_keep_recomputes_the_rows_without_asking_again(problems, tmp_path):
+    examples = problems[:10]
+    input_path, output_dir = synthetic_input(tmp_path, examples), tmp_path / "out"
+    with FakeOpenAI(responses(examples)) as server:
+        assert annotate.main(flags(server, input_path, output_dir)) == 0
+        asked = len(server.received)
+        assert annotate.main(flags(server, input_path, output_dir, "--keep=gold")) == 0
+        assert len(server.received) == asked
+    rows = read_jsonl(output_dir / annotate.annotations_file("test"))
+    assert len(rows) == 10
+    assert [row["label"] for row in rows] == [str(e.problem.answer) for e in examples]
+
+
+def test_an_edited_input_file_is_annotated_again_where_it_changed(problems, tmp_path, capsys):
+    """Ids are line numbers here: a row counts as done only for the same input."""
+    examples = problems[:6]
+    rows = [{"input": e.problem.question, "label": str(e.problem.answer)} for e in examples]
+    input_path, output_dir = tmp_path / "plain.jsonl", tmp_path / "out"
+    argv = [
+        f"--input=jsonl:{input_path}",
+        "--split=test",
+        "--prompt=synthetic",
+        "--label_field=label",
+        f"--output_dir={output_dir}",
+    ]
+    with FakeOpenAI(responses(examples)) as server:
+        argv += [f"--base_url={server.base_url}", f"--model={MODEL}"]
+        write_rows(input_path, rows[:3])
+        assert annotate.main(argv) == 0
+        write_rows(input_path, [rows[5], *rows[1:3]])  # line 1 now holds another problem
+        assert annotate.main(argv) == 0
+    written = read_jsonl(output_dir / annotate.annotations_file("test"))
+    assert [(r["id"], r["input"]) for r in written[:3]] == [
+        (1, rows[5]["input"]),
+        (2, rows[1]["input"]),
+        (3, rows[2]["input"]),
+    ]
+    assert [r["input"] for r in written[3:]] == [rows[0]["input"]]  # kept, after ours
+    assert "2 of 3 examples already annotated" in capsys.readouterr().err
+
+
+def test_validation_of_a_dataset_without_a_validation_file_is_refused(tmp_path, capsys):
+    argv = [
+        "--input=jsonl:/dev/null",
+        "--split=validation",
+        "--prompt=svamp",
+        "--dataset=svamp",
+        "--base_url=http://127.0.0.1:9/v1",
+        "--model=m",
+        f"--output_dir={tmp_path}",
+    ]
+    assert annotate.main(argv) == 2
+    assert "svamp has no validation file" in capsys.readouterr().err
 
 
 def test_the_fingerprint_follows_teacher_prompt_and_settings():
     teacher = {"model": "m", "temperature": 0.0}
-    base = annotate.fingerprint(teacher, "abc", 1, "vote")
+    base = annotate.fingerprint(teacher, "abc", 1)
     assert len(base) == 16 and base == annotate.fingerprint(
-        dict(reversed(teacher.items())), "abc", 1, "vote"
+        dict(reversed(teacher.items())), "abc", 1
     )
     changed = [
-        annotate.fingerprint({**teacher, "temperature": 0.5}, "abc", 1, "vote"),
-        annotate.fingerprint(teacher, "abd", 1, "vote"),
-        annotate.fingerprint(teacher, "abc", 5, "vote"),
-        annotate.fingerprint(teacher, "abc", 1, "gold"),
+        annotate.fingerprint({**teacher, "temperature": 0.5}, "abc", 1),
+        annotate.fingerprint(teacher, "abd", 1),
+        annotate.fingerprint(teacher, "abc", 5),
     ]
-    assert base not in changed and len(set(changed)) == 4
+    assert base not in changed and len(set(changed)) == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,20 @@
 """The OpenAI-compatible client against a local server: request bodies, retries by cause,
-Retry-After, giving up, early stop on a refused key or model, the rate limit, the
-concurrency bound, and the API key kept out of every message."""
+Retry-After and its cap, giving up, early stop on a refused key or model or a redirect, the
+rate limit, the concurrency bound, and the API key kept out of every message and every other
+host."""
 
+import contextlib
 import json
 import logging
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from openai_server import MODEL, FakeOpenAI
 
 from dsbs_jax.teacher.backends import TeacherError
-from dsbs_jax.teacher.openai import OpenAITeacher
+from dsbs_jax.teacher.openai import SERVER_BODY_BYTES, SERVER_MESSAGE_CHARS, OpenAITeacher
 from dsbs_jax.teacher.prompts import load_prompt
 
 INPUTS = [f"Ann has {n} apples. She buys {n + 1} more. How many apples now?" for n in range(10)]
@@ -93,6 +97,15 @@ def test_retry_after_replaces_the_backoff(prompt):
     assert time.monotonic() - start < 10  # Retry-After: 0, not 15-30 s of backoff
 
 
+def test_retry_after_is_capped_at_the_backoff_maximum(prompt):
+    with FakeOpenAI(RESPONSES, faults={INPUTS[0]: "429"}, retry_after="30") as server:
+        start = time.monotonic()
+        client = teacher(server, prompt, backoff_max=0.05)
+        assert client.generate(INPUTS[:1], 1) == [[RESPONSES[INPUTS[0]]]]
+    assert time.monotonic() - start < 10  # 0.05 s, not the 30 s asked for
+    assert client.stats()["retries"]["429"] == 1
+
+
 def test_a_request_that_keeps_failing_gives_up_after_max_retries(prompt, caplog):
     with FakeOpenAI(RESPONSES, faults={INPUTS[1]: "500"}, fault_attempts=100) as server:
         client = teacher(server, prompt, max_retries=2)
@@ -103,14 +116,26 @@ def test_a_request_that_keeps_failing_gives_up_after_max_retries(prompt, caplog)
     assert "failed after 3 attempt(s)" in caplog.text and "HTTP 500" in caplog.text
 
 
-def test_other_client_errors_are_not_retried_and_the_key_is_scrubbed(prompt, monkeypatch, caplog):
+@pytest.mark.parametrize(
+    ("padding", "quoted"),
+    [
+        (0, "bad request from Bearer ***"),
+        # the key straddles the cut to SERVER_MESSAGE_CHARS: scrubbed before it, whole
+        (SERVER_MESSAGE_CHARS - len("bad request from Bearer ") - len(KEY) // 2, "Bearer ***"),
+        (SERVER_BODY_BYTES, f"over {SERVER_BODY_BYTES} bytes, not quoted"),
+    ],
+)
+def test_other_client_errors_are_not_retried_and_the_key_is_scrubbed(
+    prompt, monkeypatch, caplog, padding, quoted
+):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    with FakeOpenAI(RESPONSES, faults={INPUTS[0]: "echo_key"}) as server:
+    faults = {INPUTS[0]: "echo_key"}
+    with FakeOpenAI(RESPONSES, faults=faults, echo_padding=padding) as server:
         client = teacher(server, prompt)
         assert client.generate(INPUTS[:2], samples=1) == [[None], [RESPONSES[INPUTS[1]]]]
     assert server.attempts[INPUTS[0]] == 1
-    assert "HTTP 400" in caplog.text and "bad request from Bearer ***" in caplog.text
-    assert KEY not in caplog.text
+    assert "HTTP 400" in caplog.text and quoted in caplog.text
+    assert KEY[: len(KEY) // 2] not in caplog.text  # nor any part of it
 
 
 @pytest.mark.parametrize(
@@ -124,6 +149,53 @@ def test_a_refused_key_or_model_stops_at_once(prompt, monkeypatch, server_key, m
             client.generate(INPUTS * 20, samples=1)
     assert "$OPENAI_API_KEY, which is set" in str(error.value) and KEY not in str(error.value)
     assert len(server.received) <= 4  # what was in flight, not 200 requests and their retries
+
+
+@contextlib.contextmanager
+def bare_server(status: int, headers: dict[str, str]):
+    """Any HTTP server: answers every request `status` with `headers`. Yields its base URL and
+    the (method, headers) of each request it got."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            seen.append((self.command, dict(self.headers)))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": "0"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_stops_the_run(prompt, monkeypatch, status):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with (
+        bare_server(404, {}) as (elsewhere, reached),
+        bare_server(status, {"Location": f"{elsewhere}/completions"}) as (moved, asked),
+    ):
+        client = OpenAITeacher(moved, MODEL, prompt, concurrency=2, backoff_base=0.01)
+        with pytest.raises(TeacherError) as error:
+            client.generate(INPUTS * 20, samples=1)
+    method, headers = asked[0]
+    assert method == "POST" and headers["Authorization"] == f"Bearer {KEY}"
+    assert reached == []  # so the key went nowhere else
+    message = str(error.value)
+    assert f"redirected to {elsewhere}/completions: use {elsewhere} as --base_url" in message
+    assert KEY not in message
+    assert len(asked) <= 4  # what was in flight, not 200 requests
 
 
 def test_requests_per_minute_spaces_requests(prompt):

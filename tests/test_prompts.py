@@ -85,6 +85,16 @@ def test_text_and_messages_put_exemplars_in_order_then_the_query():
     assert messages[-1]["content"] == query
 
 
+def test_text_keeps_only_the_first_exemplars_asked_for():
+    prompt = load_prompt("synthetic")
+    shots = [prompt.query(e.input) + " " + e.output for e in prompt.exemplars[:2]]
+    assert prompt.text("x", exemplars=2) == "\n\n".join([*shots, prompt.query("x")])
+    assert prompt.text("x", exemplars=0) == prompt.query("x")
+    assert prompt.text("x", exemplars=None) == prompt.text("x")
+    with pytest.raises(ValueError, match="exemplars must not be negative"):
+        prompt.text("x", exemplars=-1)
+
+
 def test_an_input_without_its_fields_is_an_error():
     with pytest.raises(PromptError, match=r"1 parts .* \(expected 2: premise, hypothesis\)"):
         load_prompt("anli1").query("no separator here")
@@ -101,6 +111,7 @@ def test_sha256_changes_when_any_field_changes():
         "separator": "\n",
         "input_fields": ("premise", "hypothesis"),
         "input_separator": "<sep>",
+        "answer_format": teacher_outputs.answer_format("esnli"),
     }
     assert set(changes) == {field.name for field in dataclasses.fields(prompt)}
     hashes = {prompt.sha256} | {
@@ -122,6 +133,69 @@ def write(tmp_path, data) -> str:
 
 def test_a_prompt_file_loads_like_the_packaged_one(tmp_path):
     assert load_prompt(write(tmp_path, packaged_json("cqa"))) == load_prompt("cqa")
+
+
+@pytest.fixture
+def formats(monkeypatch) -> dict:
+    """The registry of answer formats, restored after the test."""
+    registry = dict(teacher_outputs.ANSWER_FORMATS)
+    monkeypatch.setattr(teacher_outputs, "ANSWER_FORMATS", registry)
+    return registry
+
+
+TALLY = {
+    "name": "tally",
+    "dataset": "tally",
+    "instruction": "Add the numbers.",
+    "template": "Sum: {input}\nWork:",
+    "answer_format": {
+        "cut_at": "Sum:",
+        "marker": "Total",
+        "label_pattern": r"=\s*(\d+)",
+        "label_description": "'= number'",
+        "drop_final_period": False,
+    },
+    "exemplars": [
+        {"input": "2 3", "output": "2 plus 3 is 5. Total = 5"},
+        {"input": "4 4 1", "output": "4 plus 4 is 8, plus 1 is 9. Total = 9"},
+    ],
+}
+
+
+def test_a_new_dataset_brings_its_answer_format_in_the_prompt_file(tmp_path, formats):
+    path = write(tmp_path, TALLY)
+    prompt = load_prompt(path)
+    expected = teacher_outputs.AnswerFormat("Sum:", "Total", r"=\s*(\d+)", "'= number'", False)
+    assert prompt.answer_format == formats["tally"] == expected
+    assert parsed_labels(prompt) == ["5", "9"]
+    assert teacher_outputs.parse("tally", "1 plus 1 is 2. Total = 2\n\nSum: 5 5").label == "2"
+    assert load_prompt(path) == prompt  # the same format registered again is fine
+    assert prompt.sha256 != dataclasses.replace(prompt, answer_format=None).sha256
+
+
+@pytest.mark.parametrize(
+    ("answer_format", "message"),
+    [
+        (
+            {"cut_at": "Q:", "marker": "The answer is"},
+            r"answer_format: dataset 'cqa' already has another answer format "
+            r"\(AnswerFormat\(cut_at='Q:', marker='So the answer is'",
+        ),
+        ({"cut_at": "Q:"}, r"missing key 'answer_format.marker' \(expected a string\)"),
+        (
+            {"cut_at": "Q:", "marker": "So", "drop_final_period": "yes"},
+            r"'answer_format.drop_final_period' is \"yes\" \(expected true or false\)",
+        ),
+        ({"cut_at": "Q:", "marker": "So", "cut": "A:"}, r"unknown key 'answer_format.cut'"),
+        ({"cut_at": "Q:", "marker": "So", "label_pattern": "("}, r"answer_format: bad label"),
+        ("Q:", r"'answer_format' is \"Q:\" \(expected an object\)"),
+    ],
+)
+def test_a_bad_or_conflicting_answer_format_is_refused(tmp_path, formats, answer_format, message):
+    path = write(tmp_path, packaged_json("cqa") | {"answer_format": answer_format})
+    with pytest.raises(PromptError, match=re.escape(path) + ": " + message):
+        load_prompt(path)
+    assert teacher_outputs.answer_format("cqa").marker == "So the answer is"
 
 
 @pytest.mark.parametrize(

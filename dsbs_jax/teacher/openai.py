@@ -3,8 +3,9 @@
 Annotating a dataset is thousands of small requests to a server that may be busy, rate
 limited or briefly down. So each request is retried with exponential backoff and jitter on
 429, 5xx, timeouts, dropped connections and unreadable answers (a `Retry-After` header is
-honoured), all threads share one requests-per-minute budget, and a refusal no retry can fix
-(HTTP 401, 403, 404: a wrong key, URL or model) stops the run at once rather than after
+honoured up to the backoff maximum: a server asking for an hour must not stall a worker that
+long), all threads share one requests-per-minute budget, and a refusal no retry can fix (HTTP
+401, 403, 404: a wrong key, URL or model; a redirect) stops the run at once rather than after
 thousands of attempts. Any other 4xx fails its own request only.
 
 Each sample is its own request (`n` is 1): not every server implements `n > 1`, and a server
@@ -12,9 +13,11 @@ at temperature 0 need not be deterministic either. With a `seed`, sample j asks 
 `seed + j`, so servers that honour it (vLLM, llama.cpp, OpenAI) repeat their samples.
 
 The API key is read only from an environment variable, sent as a bearer token, and scrubbed
-from every message this module writes. The standard library does the HTTP: nothing to
-install. The base URL is not part of `description`: it says where the teacher is served (a
-restarted local server has a new port), not what it writes.
+from every message this module writes. Redirects are not followed: urllib would send the key on
+to wherever they point (and turn the POST into a GET), so one fails the run, naming its target.
+The standard library does the HTTP: nothing to install. The base URL is not part of
+`description`: it says where the teacher is served (a restarted local server has a new port),
+not what it writes.
 """
 
 import collections
@@ -27,8 +30,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urljoin
 
 from dsbs_jax.teacher.backends import TeacherError
 from dsbs_jax.teacher.prompts import Prompt
@@ -37,6 +41,7 @@ ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
 REFUSED = (401, 403, 404)  # the key, URL or model is wrong: no request can succeed
 RETRIED_CAUSES = ("429", "5xx", "timeout", "connection", "malformed")
 SERVER_MESSAGE_CHARS = 300
+SERVER_BODY_BYTES = 65536  # a longer error body is not quoted
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +81,33 @@ def _retry_after(headers: object) -> float | None:
         return None
 
 
-def _server_message(error: urllib.error.HTTPError) -> str:
-    """What the server said about an error: its JSON `error.message`, else its text."""
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect, so the 3xx reaches the caller as an `HTTPError`: urllib's default
+    handler would copy the Authorization header to the new URL, on any host."""
+
+    def redirect_request(self, *args: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _server_message(error: urllib.error.HTTPError, scrub: Callable[[str], str]) -> str:
+    """What the server said about an error: its JSON `error.message`, else its text. Scrubbed
+    whole before it is shortened, since a key cut in two would no longer match."""
     try:
-        body = error.read(SERVER_MESSAGE_CHARS * 4).decode("utf-8", "replace")
+        raw = error.read(SERVER_BODY_BYTES + 1)
     except OSError:
         return ""
+    if len(raw) > SERVER_BODY_BYTES:
+        return f"(an answer of over {SERVER_BODY_BYTES} bytes, not quoted)"
+    body = raw.decode("utf-8", "replace")
     try:
         message = json.loads(body)["error"]
         message = message.get("message", message) if isinstance(message, dict) else message
     except (ValueError, KeyError, TypeError):
         message = body
-    return " ".join(str(message).split())[:SERVER_MESSAGE_CHARS]
+    return scrub(" ".join(str(message).split()))[:SERVER_MESSAGE_CHARS]
 
 
 class OpenAITeacher:
@@ -173,7 +193,9 @@ class OpenAITeacher:
                     return self._give_up(failure, attempts)
                 self._count(self._retries, failure.cause)
                 delay = failure.retry_after
-                self._halt.wait(self._backoff(attempts - 1) if delay is None else delay)
+                self._halt.wait(
+                    self._backoff(attempts - 1) if delay is None else min(delay, self.backoff_max)
+                )
                 continue
             self._count(self._counts, "succeeded")
             return output
@@ -233,7 +255,7 @@ class OpenAITeacher:
         request = urllib.request.Request(self.url, data, self._headers(), method="POST")
         self._count(self._counts, "requests")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:
             raise self._http_failure(error) from None
@@ -248,7 +270,13 @@ class OpenAITeacher:
 
     def _http_failure(self, error: urllib.error.HTTPError) -> _Failure:
         status = f"HTTP {error.code} {error.reason}"
-        message = f"{status}: {_server_message(error)}".rstrip(": ")
+        location = error.headers.get("Location") if 300 <= error.code < 400 else None
+        if location is not None:
+            target = urljoin(self.url, location)
+            base = target.removesuffix(ENDPOINTS[self.endpoint])
+            message = f"{status}: redirected to {target}: use {base} as --base_url"
+            return _Failure("refused", message)
+        message = f"{status}: {_server_message(error, self._scrub)}".rstrip(": ")
         if error.code == 429:
             return _Failure("429", message, _retry_after(error.headers))
         if error.code >= 500:

@@ -16,6 +16,7 @@ A prompt is a JSON file (the packaged ones are in `PROMPTS_DIR`, one per dataset
       "separator": "\\n\\n",            # optional: between exemplars (default two newlines)
       "input_fields": ["premise", "hypothesis"],  # optional: names for the input's parts
       "input_separator": "</s>",        # optional: what the input's parts are joined with
+      "answer_format": {"cut_at": "Q:", "marker": "So the answer is"},  # optional: see below
       "exemplars": [{"input": "...", "output": "..."}, ...]
     }
 
@@ -24,6 +25,13 @@ rationale, the answer marker and the label, as the teacher should write them. Th
 may use `{input}` and, when `input_fields` is given, each field (the input split at
 `input_separator`, which must give exactly that many parts). Write literal braces as `{{`
 and `}}`.
+
+A dataset without a registered answer format (a user's own) gets one from the prompt file:
+`answer_format` holds `cut_at` and `marker` and optionally `label_pattern`,
+`label_description` and `drop_final_period` (the fields of `teacher_outputs.AnswerFormat`),
+and loading the prompt registers it for `dataset`, so the command line alone can annotate a
+new dataset. A format that differs from one already registered is refused: it would change
+how that dataset's labels are read.
 """
 
 import dataclasses
@@ -45,7 +53,10 @@ _REQUIRED = {
     "template": str,
     "exemplars": list,
 }
-_OPTIONAL = {"separator": str, "input_fields": list, "input_separator": str}
+_OPTIONAL = {"separator": str, "input_fields": list, "input_separator": str, "answer_format": dict}
+_FORMAT_REQUIRED = {"cut_at": str, "marker": str}
+_FORMAT_OPTIONAL = {"label_pattern": str, "label_description": str, "drop_final_period": bool}
+_EXPECTED = {str: "a string", list: "an array", dict: "an object", bool: "true or false"}
 
 
 class PromptError(ValueError):
@@ -62,7 +73,11 @@ class Exemplar:
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """A validated few-shot prompt; `text` for completion models, `messages` for chat ones."""
+    """A validated few-shot prompt; `text` for completion models, `messages` for chat ones.
+
+    `answer_format`, when given, is registered for `dataset` once the prompt validates
+    (None: the dataset's must already be registered).
+    """
 
     name: str
     dataset: str
@@ -72,9 +87,10 @@ class Prompt:
     separator: str = "\n\n"
     input_fields: tuple[str, ...] = ()
     input_separator: str = "</s>"
+    answer_format: teacher_outputs.AnswerFormat | None = None
 
     def __post_init__(self):
-        fmt = _answer_format(self.dataset)
+        fmt = self._format()
         self._check_template()
         for index, exemplar in enumerate(self.exemplars):
             try:
@@ -94,6 +110,21 @@ class Prompt:
                     f"(expected each query to start with {fmt.cut_at!r}, where {self.dataset!r} "
                     "outputs are cut)"
                 )
+        if self.answer_format is not None:
+            teacher_outputs.register_answer_format(self.dataset, self.answer_format)
+
+    def _format(self) -> teacher_outputs.AnswerFormat:
+        """The format the outputs are parsed by; checked before validation so that a
+        conflicting one is named as such, and registered only after it."""
+        if self.answer_format is None:
+            return _answer_format(self.dataset)
+        registered = teacher_outputs.ANSWER_FORMATS.get(self.dataset)
+        if registered not in (None, self.answer_format):
+            raise PromptError(
+                f"answer_format: dataset {self.dataset!r} already has another answer format "
+                f"({registered})"
+            )
+        return self.answer_format
 
     def _check_template(self) -> None:
         allowed = ("input", *self.input_fields)
@@ -121,9 +152,15 @@ class Prompt:
             fields.update(zip(self.input_fields, parts, strict=True))
         return self.template.format(**fields)
 
-    def text(self, input: str) -> str:
-        """The completion prompt: each exemplar's query and output, then the query for `input`."""
-        shots = [self.query(e.input) + " " + e.output for e in self.exemplars]
+    def text(self, input: str, exemplars: int | None = None) -> str:
+        """The completion prompt: each exemplar's query and output, then the query for `input`.
+
+        `exemplars` keeps only that many first exemplars (None: all), for a model whose
+        input is too short for the whole prompt.
+        """
+        if exemplars is not None and exemplars < 0:
+            raise ValueError(f"exemplars must not be negative, got {exemplars}")
+        shots = [self.query(e.input) + " " + e.output for e in self.exemplars[:exemplars]]
         return self.separator.join([*shots, self.query(input)])
 
     def messages(self, input: str) -> list[dict[str, str]]:
@@ -181,15 +218,7 @@ def load_prompt(name_or_path: str) -> Prompt:
 def _prompt_from_json(data: Any) -> Prompt:
     if not isinstance(data, dict):
         raise PromptError(f"holds {_shown(data)} (expected a JSON object)")
-    if unknown := sorted(data.keys() - _REQUIRED.keys() - _OPTIONAL.keys()):
-        known = ", ".join([*_REQUIRED, *_OPTIONAL])
-        raise PromptError(f"unknown key {unknown[0]!r} (expected only {known})")
-    for key, kind in (_REQUIRED | _OPTIONAL).items():
-        expected = "a string" if kind is str else "an array"
-        if key not in data and key in _REQUIRED:
-            raise PromptError(f"missing key {key!r} (expected {expected})")
-        if key in data and not isinstance(data[key], kind):
-            raise PromptError(f"{key!r} is {_shown(data[key])} (expected {expected})")
+    _check_keys(data, _REQUIRED, _OPTIONAL)
     fields = data.get("input_fields", [])
     for index, field in enumerate(fields):
         if not isinstance(field, str) or not field.isidentifier():
@@ -206,7 +235,41 @@ def _prompt_from_json(data: Any) -> Prompt:
                 found = _shown(exemplar[key])
                 raise PromptError(f"exemplars[{index}].{key} is {found} (expected a string)")
         exemplars.append(Exemplar(exemplar["input"], exemplar["output"]))
-    return Prompt(**{**data, "exemplars": tuple(exemplars), "input_fields": tuple(fields)})
+    answer_format = (
+        _answer_format_from_json(data["answer_format"]) if "answer_format" in data else None
+    )
+    return Prompt(
+        **{
+            **data,
+            "exemplars": tuple(exemplars),
+            "input_fields": tuple(fields),
+            "answer_format": answer_format,
+        }
+    )
+
+
+def _check_keys(
+    data: dict, required: dict[str, type], optional: dict[str, type], at: str = ""
+) -> None:
+    """Every required key present, no unknown one, each of its JSON type; `at` prefixes
+    the keys named in errors (`answer_format.`)."""
+    if unknown := sorted(data.keys() - required.keys() - optional.keys()):
+        known = ", ".join([*required, *optional])
+        raise PromptError(f"unknown key {at + unknown[0]!r} (expected only {known})")
+    for key, kind in (required | optional).items():
+        expected = _EXPECTED[kind]
+        if key not in data and key in required:
+            raise PromptError(f"missing key {at + key!r} (expected {expected})")
+        if key in data and not isinstance(data[key], kind):
+            raise PromptError(f"{at + key!r} is {_shown(data[key])} (expected {expected})")
+
+
+def _answer_format_from_json(data: dict) -> teacher_outputs.AnswerFormat:
+    _check_keys(data, _FORMAT_REQUIRED, _FORMAT_OPTIONAL, at="answer_format.")
+    try:
+        return teacher_outputs.AnswerFormat(**data)
+    except ValueError as error:
+        raise PromptError(f"answer_format: {error}") from None
 
 
 def _shown(value: object, limit: int = 60) -> str:

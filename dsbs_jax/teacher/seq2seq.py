@@ -3,10 +3,15 @@
 Users with a TPU slice and a large instruction-tuned T5 (Flan-T5-XXL) can annotate without
 any server: the checkpoint is read by `dsbs_jax.checkpoints` like a student's, the few-shot
 prompt is the encoder input, and decoding is the project's own `generate` through
-`inference.BatchDecoder`. A T5 reads the whole prompt at once, so a prompt longer than
-`max_input_length` loses tokens from its start (the first exemplars), never the query.
+`inference.BatchDecoder`. A T5 reads the whole prompt at once, so a prompt whose tokens and
+EOS exceed `max_input_length` loses whole exemplars from the end of its exemplar list until
+it fits: what is left is the prompt's first exemplars as written (the ones its author put
+first), then the query, never a part of an exemplar. Only a query too long on its own is
+cut, from its start, with a warning.
 """
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,7 +31,8 @@ class Seq2SeqTeacher:
 
     Greedy when `temperature` is 0, else sampling at that temperature. Sampled outputs are
     reproducible for the same seed, inputs and `batch_size`: each batch of each sample draws
-    with a key folded from `seed`, the sample's number and the batch's first position.
+    with a key folded from `seed`, the sample's number and a hash of the batch's inputs, so
+    the batches of separate `generate` calls (annotate's chunks) draw separate noise.
     """
 
     def __init__(
@@ -73,7 +79,7 @@ class Seq2SeqTeacher:
             ("sample", {"temperature": temperature}) if temperature else ("greedy", {})
         )
         self.decoder = inference.BatchDecoder(config, params, mesh, max_length, method, options)
-        self._warned_about_cuts = False
+        self._warned: set[str] = set()
 
     @property
     def description(self) -> dict:
@@ -99,32 +105,65 @@ class Seq2SeqTeacher:
             for start in range(0, len(tokens), self.batch_size):
                 batch = tokens[start : start + self.batch_size]
                 padded = np.pad(batch, ((0, self.batch_size - len(batch)), (0, 0)))
-                ids = self.decoder(padded, rng=self._rng(sample, start))[: len(batch)]
+                rng = self._rng(sample, inputs[start : start + self.batch_size])
+                ids = self.decoder(padded, rng=rng)[: len(batch)]
                 for output, row in zip(outputs[start : start + len(batch)], ids, strict=True):
                     output.append(self.tokenizer.decode(row))
         return [output * (samples // draws) for output in outputs]
 
     def _encode(self, inputs: Sequence[str]) -> np.ndarray:
-        """The few-shot prompts' tokens, each cut from the start to `max_input_length`."""
-        ids = self.tokenizer.ids([self.prompt.text(input) for input in inputs])
+        """The few-shot prompts' tokens, each with as many first exemplars as fit in
+        `max_input_length`; a query alone too long is cut from its start."""
+        prompts = [self._prompt_ids(input) for input in inputs]
+        ids = [row for row, _ in prompts]
+        shortened = sum(shots < len(self.prompt.exemplars) for _, shots in prompts)
+        self._warn_once(
+            "exemplars",
+            shortened,
+            "%d of %d prompts do not fit max_input_length %d with all %d exemplars: their "
+            "last exemplars are dropped until they fit",
+            shortened,
+            len(ids),
+            self.max_input_length,
+            len(self.prompt.exemplars),
+        )
         cut = sum(len(row) >= self.max_input_length for row in ids)
-        if cut and not self._warned_about_cuts:
-            longest = max(len(row) for row in ids) + 1
-            log.warning(
-                "%d of %d prompts are longer than max_input_length %d (up to %d tokens): "
-                "their first tokens are dropped; shown once",
-                cut,
-                len(ids),
-                self.max_input_length,
-                longest,
-            )
-            self._warned_about_cuts = True
+        self._warn_once(
+            "queries",
+            cut,
+            "%d of %d queries alone are longer than max_input_length %d (up to %d tokens "
+            "with EOS): the query itself loses its first tokens",
+            cut,
+            len(ids),
+            self.max_input_length,
+            max(map(len, ids), default=0) + 1,
+        )
         return pack(ids, self.max_input_length, keep_end=True)
 
-    def _rng(self, sample: int, start: int) -> jax.Array | None:
+    def _prompt_ids(self, input: str) -> tuple[list[int], int]:
+        """The ids of the prompt with the most first exemplars that fit with EOS, and how
+        many exemplars that is; the bare query's ids if none does."""
+        for shots in range(len(self.prompt.exemplars), -1, -1):
+            ids = self.tokenizer.ids([self.prompt.text(input, shots)])[0]
+            if len(ids) < self.max_input_length:
+                break
+        return ids, shots
+
+    def _warn_once(self, kind: str, count: int, message: str, *args: object) -> None:
+        if count and kind not in self._warned:
+            log.warning(message + "; shown once", *args)
+            self._warned.add(kind)
+
+    def _rng(self, sample: int, inputs: Sequence[str]) -> jax.Array | None:
+        """The key of one batch of one sample: the same inputs draw the same noise, other
+        inputs (another chunk's batch) other noise. SHA-256, not `hash`, which Python
+        salts per process."""
         if not self.temperature:
             return None
-        return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), sample), start)
+        text = json.dumps(list(inputs), ensure_ascii=False).encode("utf-8")
+        content = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), sample)
+        return jax.random.fold_in(key, content)
 
 
 def _absolute(path: str) -> str:
