@@ -82,6 +82,18 @@ def generated_lengths(ids: np.ndarray) -> np.ndarray:
     return np.where(has_eos, np.argmax(ids == EOS_ID, axis=1) + 1, ids.shape[1])
 
 
+def encoder_positions(rows: list, batch_size: int, bucket: int, full_batches: bool) -> int:
+    """Token positions the encoder reads over batches of `rows` (in the given order), each
+    padded to its longest row rounded up to `bucket` columns, and to `batch_size` rows when
+    `full_batches` (ours: one compiled shape per width)."""
+    total = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = -(-max(map(len, chunk)) // bucket) * bucket
+        total += width * (batch_size if full_batches else len(chunk))
+    return total
+
+
 def ours(
     config: T5Config, params: Params, inputs: np.ndarray, args
 ) -> dict[str, Callable[[], np.ndarray]]:
@@ -172,9 +184,13 @@ def main() -> None:
     log(f"identical rows to ours (length-batched): {same}")
 
     speed = {name: len(rows) / timing.median for name, timing in timings.items()}
+    by_length = sorted(rows, key=len, reverse=True)
+    ours_positions = encoder_positions(by_length, args.batch_size, WIDTH_BUCKET, True)
+    hf_positions = encoder_positions(rows, args.batch_size, 1, False)
     figures = [
         f"eval cqa test: {len(rows)} examples",
         f"size {args.size}, batch {args.batch_size}, inputs {args.input_length}",
+        f"encoder positions ours {ours_positions} (bucket {WIDTH_BUCKET}), hf {hf_positions}",
         f"ours {speed['ours']:.1f} ex/s (length-batched)",
         f"ours {speed['ours_input_order']:.1f} ex/s (input order)",
     ]
