@@ -154,12 +154,10 @@ def make_decoders(
         config, params = inference.load_params(args.checkpoint, mesh)
     except checkpoints.CheckpointError as error:
         raise cli.UsageError(f"--checkpoint {error}") from None
-    pieces = tokenizer.processor.get_piece_size()
-    if pieces > config.vocab_size:
-        raise cli.UsageError(
-            f"--vocabulary {args.vocabulary}: {pieces} pieces, more than the checkpoint's "
-            f"{config.vocab_size} (expected the vocabulary the student was trained with)"
-        )
+    try:
+        tokenizer.check_fits(config.vocab_size, args.vocabulary)
+    except VocabularyError as error:
+        raise cli.UsageError(f"--vocabulary {error}") from None
     lengths = {"label": args.label_length, "rationale": args.rationale_length}
     options = {"num_beams": args.num_beams}
     return {

@@ -29,6 +29,16 @@ class Tokenizer:
             message = getattr(error, "strerror", None) or error
             raise VocabularyError(f"{path}: not a SentencePiece model ({message})") from None
 
+    def check_fits(self, vocab_size: int, path: str) -> None:
+        """A model with fewer token ids than this vocabulary's pieces was trained with another
+        one: refuse it rather than decode nonsense."""
+        pieces = self.processor.get_piece_size()
+        if pieces > vocab_size:
+            raise VocabularyError(
+                f"{path}: {pieces} pieces, more than the checkpoint's {vocab_size} (expected "
+                "the vocabulary the model was trained with)"
+            )
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's ids, uncut and without EOS."""
         return self.processor.encode(list(texts))

@@ -69,12 +69,7 @@ class Seq2SeqTeacher:
                 f"({mesh.shape[partitioning.DATA]})"
             )
         config, params = inference.load_params(checkpoint, mesh)
-        pieces = self.tokenizer.processor.get_piece_size()
-        if pieces > config.vocab_size:
-            raise ValueError(
-                f"vocabulary {vocabulary}: {pieces} pieces, more than the checkpoint's "
-                f"{config.vocab_size} (expected the vocabulary the teacher was trained with)"
-            )
+        self.tokenizer.check_fits(config.vocab_size, vocabulary)
         method, options = (
             ("sample", {"temperature": temperature}) if temperature else ("greedy", {})
         )
