@@ -46,12 +46,12 @@ from collections.abc import Callable, Sequence
 from dsbs_jax import cli, files, jsonl, progress
 from dsbs_jax.data import metrics, release, teacher_outputs
 from dsbs_jax.teacher import prompts
+from dsbs_jax.teacher.annotations import ROW_KEYS, annotations_file, manifest_file, release_output
 from dsbs_jax.teacher.backends import Teacher, TeacherError
 from dsbs_jax.teacher.openai import ENDPOINTS, OpenAITeacher
 
 PROG = "dsbs-annotate"
 KEEP = ("vote", "gold", "all")
-ROW_KEYS = {"id", "fingerprint", "input", "gold", "outputs"}
 # Examples per chunk, per request slot: enough to keep every slot busy between the writes.
 CHUNK_PER_WORKER = 4
 SETTINGS = (
@@ -260,15 +260,6 @@ def annotation(
 # ---------------------------------------------------------------------------------------------
 
 
-def annotations_file(split: str) -> str:
-    """One annotations file per split: the ids of different splits may coincide (line numbers)."""
-    return f"annotations_{split}.jsonl"
-
-
-def manifest_file(split: str) -> str:
-    return f"manifest_{split}.json"
-
-
 def fingerprint(description: dict, prompt_sha256: str, samples: int) -> str:
     """First 16 hex digits of the SHA-256 of what decides a row's outputs: teacher, prompt,
     samples. (`--keep` only reads the outputs, so rows are recomputed rather than re-asked.)"""
@@ -329,11 +320,6 @@ def rewrite(
     rest = [line + b"\n" for row, line in saved if not _is_row_of(row, key, by_id.get(row["id"]))]
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ours)
     files.write_atomically(path, text.encode() + b"".join(rest))
-
-
-def release_output(row: dict) -> str:
-    """What the release's llm files hold for a row: its first kept raw output, or ""."""
-    return row["outputs"][row["kept"][0]] if row["kept"] else ""
 
 
 def write_release(

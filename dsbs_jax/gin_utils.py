@@ -2,11 +2,13 @@
 
 Gin lives at the edges: library functions take plain arguments and the binaries resolve
 them here. Include paths are resolved against the working directory and the project's
-`gin/` folder, so `include 'models/t5_1_1_base.gin'` works from anywhere.
+`gin/` folder, so `include 'models/t5_1_1_base.gin'` works from anywhere. An installed
+wheel holds no `gin/`: `$DSBS_GIN_DIR` names a copy (launch/tpu_vm.sh sets it).
 """
 
 import argparse
 import logging
+import os
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,7 +16,9 @@ from typing import Any
 import gin
 from dsbs_jax import partitioning
 
-GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+GIN_DIR = pathlib.Path(
+    os.environ.get("DSBS_GIN_DIR") or pathlib.Path(__file__).resolve().parent.parent / "gin"
+)
 
 
 class ConfigError(ValueError):

@@ -120,11 +120,13 @@ def initialize_distributed(
     process_id: int | None = None,
 ) -> None:
     """Join several hosts with `jax.distributed`: with the given coordinator, process count
-    and id (GPU or CPU clusters), or found automatically on a Cloud TPU pod slice and in a
-    SLURM job of several tasks. One host with no coordinator does nothing."""
+    and id (GPU or CPU clusters), or found by JAX itself on a Cloud TPU pod slice, in a
+    SLURM job of several tasks, or when a launcher asks (`DSBS_DISTRIBUTED=1`:
+    launch/tpu_vm.sh, whose ssh sessions may not carry the TPU's own variables). One host
+    with no coordinator does nothing."""
     if coordinator_address is not None:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif _several_slurm_tasks() or _tpu_pod():
+    elif _several_slurm_tasks() or _tpu_pod() or os.environ.get("DSBS_DISTRIBUTED") == "1":
         jax.distributed.initialize()
     else:
         return

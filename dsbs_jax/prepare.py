@@ -1,12 +1,14 @@
 """`dsbs-prepare`: build the TFDS datasets from the paper's release layout, and report.
 
-    dsbs-prepare --dataset cqa|svamp|esnli|anli1|asdiv|synthetic|all \
-        --manual_dir DIR --data_dir DIR
+    dsbs-prepare --dataset cqa|svamp|esnli|anli1|asdiv|synthetic|NAME|all \
+        --manual_dir DIR --data_dir DIR [--task_module MODULE ...]
 
 Builds each dataset (TFDS skips one that is already built, so re-running is cheap), trains
 the synthetic dataset's own SentencePiece vocabulary, and prints per split the rows, the
 teacher outputs that did not parse, and the teacher's label accuracy against gold. `all`
-builds every dataset whose folder is in the manual dir, and the synthetic one.
+builds every dataset whose folder is in the manual dir, and the synthetic one. A user's
+JSONL dataset NAME is known once `--task_module` imports the module that declares it
+(`tasks.jsonl.jsonl_dataset`).
 """
 
 import argparse
@@ -99,12 +101,38 @@ def requested(dataset: str, manual_dir: epath.Path | None) -> list[str]:
     return [*present, SYNTHETIC]
 
 
+def import_task_modules(modules: list[str]) -> None:
+    """Import users' task modules, which add their datasets' builders to `BUILDERS` (SeqIO
+    and the task registry are imported only when there are some)."""
+    if modules:
+        from tasks import registry
+
+        registry.import_modules(modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dsbs-prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=[*BUILDERS, "all"])
+    parser.add_argument(
+        "--dataset", required=True, help=f"{', '.join(BUILDERS)}, a --task_module's, or all"
+    )
     parser.add_argument("--manual_dir", type=epath.Path, help="the release layout's folder")
     parser.add_argument("--data_dir", type=epath.Path, required=True, help="TFDS data dir")
+    parser.add_argument(
+        "--task_module",
+        action="append",
+        default=[],
+        help="a module that declares JSONL datasets, imported first (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        import_task_modules(args.task_module)
+    except ValueError as error:  # the task registry's ConfigError
+        parser.error(f"--task_module: {error}")
+    if args.dataset not in [*BUILDERS, "all"]:
+        parser.error(
+            f"--dataset {args.dataset!r}: unknown (expected one of {', '.join(BUILDERS)} or "
+            "all; a JSONL dataset's name once --task_module imports the module declaring it)"
+        )
     rows = []
     try:
         for dataset in requested(args.dataset, args.manual_dir):

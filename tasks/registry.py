@@ -2,10 +2,12 @@
 
 `import tasks` registers them with defaults; `register(...)` registers them again with
 other settings (a data dir, a vocabulary, a training fraction), replacing the old ones.
-The binaries call it with their gin bindings.
+The binaries call it with their gin bindings, first importing the users' task modules
+(`TASK_MODULES`, as T5X's `MIXTURE_OR_TASK_MODULE`) that add datasets of their own.
 """
 
 import functools
+import importlib
 import os
 from collections.abc import Sequence
 
@@ -14,6 +16,7 @@ import seqio
 from dsbs_jax.data import metrics
 from dsbs_jax.data.preprocessors import tokenize, view_preprocessors
 from dsbs_jax.data.sources import DsbsSource
+from dsbs_jax.gin_utils import ConfigError
 from tasks import anli1, cqa, esnli, svamp, synthetic
 from tasks.naming import mixture_name, task_name
 from tasks.spec import OWN_VOCABULARY, DatasetTasks
@@ -21,6 +24,36 @@ from tasks.spec import OWN_VOCABULARY, DatasetTasks
 # T5's SentencePiece model, as T5X's configs name it; users pass a local copy.
 DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 DATASETS: list[DatasetTasks] = [cqa.TASKS, svamp.TASKS, esnli.TASKS, anli1.TASKS, synthetic.TASKS]
+
+
+def add_dataset(dataset: DatasetTasks) -> None:
+    """Put `dataset` in `DATASETS`, in place of one of the same name, for `register`."""
+    names = [known.name for known in DATASETS]
+    if dataset.name in names:
+        DATASETS[names.index(dataset.name)] = dataset
+    else:
+        DATASETS.append(dataset)
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Import users' task modules, whose `tasks.jsonl.jsonl_dataset` calls add datasets."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # whatever a user's module raises, name the module
+            absent = isinstance(error, ModuleNotFoundError) and error.name in _packages(module)
+            hint = (
+                " (expected a module on PYTHONPATH: 'my_tasks' for my_tasks.py)" if absent else ""
+            )
+            raise ConfigError(
+                f"task module {module!r} cannot be imported: {type(error).__name__}: {error}{hint}"
+            ) from error
+
+
+def _packages(module: str) -> list[str]:
+    """`a.b.c` -> `a`, `a.b`, `a.b.c`: the names whose absence means the module is not found."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def default_data_dir() -> str:
@@ -85,8 +118,11 @@ def register(
     train_fraction: float = 1.0,
     subsample_seed: int = 0,
     datasets: Sequence[DatasetTasks] = DATASETS,
+    modules: Sequence[str] = (),
 ) -> list[str]:
-    """Register all datasets' tasks, then the mixtures over those sharing T5's vocabulary."""
+    """Import the task `modules`, then register all datasets' tasks (with those the modules
+    added to `DATASETS`) and the mixtures over those sharing T5's vocabulary."""
+    import_modules(modules)
     data_dir = data_dir or default_data_dir()
     names, mixed = [], []
     for spec in datasets:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +37,25 @@ def command(flags: list[str], binary: str = "train") -> list[str]:
     return [sys.executable, "-m", f"dsbs_jax.{binary}", *flags]
 
 
-def environment(devices: int = 1) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+def environment(devices: int = 1, python_path: Sequence[Path] = ()) -> dict:
+    """`devices` CPU devices; `python_path` before $PYTHONPATH (where a user's task module is)."""
+    paths = [*map(str, python_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        **({"PYTHONPATH": os.pathsep.join(paths)} if paths else {}),
+    }
 
 
-def run(flags: list[str], devices: int = 1, binary: str = "train") -> subprocess.CompletedProcess:
+def run(
+    flags: list[str], devices: int = 1, binary: str = "train", python_path: Sequence[Path] = ()
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        command(flags, binary), cwd=ROOT, env=environment(devices), capture_output=True, text=True
+        command(flags, binary),
+        cwd=ROOT,
+        env=environment(devices, python_path),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

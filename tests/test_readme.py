@@ -1,6 +1,7 @@
 """The README's commands and code, run as written (the install step is CI's own)."""
 
 import collections
+import itertools
 import json
 import os
 import pathlib
@@ -14,11 +15,14 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+# A binary (after environment settings such as PYTHONPATH=...), or a shell line making files.
+TOOL = re.compile(r"(?:[A-Z_]+=\S+ )*\.venv/bin/dsbs-")
+SHELL_PREFIXES = ("printf ", "mkdir -p ")
 TOOL_COMMANDS = [
     line
     for block in re.findall(r"```bash\n(.*?)```", README, re.S)
     for line in block.splitlines()
-    if line.startswith((".venv/bin/dsbs-", "printf "))
+    if TOOL.match(line) or line.startswith(SHELL_PREFIXES)
 ]
 # Commands for machines CI does not have (```sh blocks): their flags and gin are checked.
 SH_COMMANDS = [block.replace("\\\n", " ") for block in re.findall(r"```sh\n(.*?)```", README, re.S)]
@@ -29,12 +33,16 @@ QUICKSTART_FLOOR = 3
 def run_tool(command: str, tmp_path: pathlib.Path) -> str:
     """Run a README command with this venv's console scripts, writing under `tmp_path`;
     returns its standard output."""
-    if command.startswith("printf "):  # a file the next commands read
+    env = dict(os.environ)
+    if command.startswith(SHELL_PREFIXES):  # files the next commands read
         argv = ["bash", "-c", command.replace("/tmp/", f"{tmp_path}/")]
     else:
         argv = [a.replace("/tmp/", f"{tmp_path}/") for a in shlex.split(command)]
+        while "=" in argv[0]:  # NAME=VALUE before the binary
+            name, value = argv.pop(0).split("=", 1)
+            env[name] = value
         argv[0] = str(pathlib.Path(sys.executable).parent / argv[0].removeprefix(".venv/bin/"))
-    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, f"{command}\n{run.stderr[-3000:]}"
     return run.stdout
 
@@ -109,6 +117,21 @@ def test_inference_answers_every_question(readme_tmp):
 
 
 @pytest.mark.slow
+def test_the_jsonl_walkthrough_trains_and_evaluates_its_own_task(readme_tmp):
+    run = json.loads((readme_tmp / "sums_model" / "run.json").read_text())
+    assert (run["method"], run["dataset"], run["train_steps"]) == ("dsbs-gt", "sums", 10)
+    result = json.loads(
+        (readme_tmp / "sums_eval" / "dsbs_sums_label_gt_test_10.metrics.json").read_text()
+    )
+    rows = _rows(pathlib.Path(result["predictions"]))
+    assert sorted((r["id"], r["target"]) for r in rows) == [("e1", "15"), ("e2", "13")]
+    correct = sum(r["parsed_prediction"] == r["target"] for r in rows)
+    assert result["metrics"]["accuracy"] == pytest.approx(100 * correct / len(rows))
+    rationales = readme_tmp / "sums_eval" / "dsbs_sums_rationale_test_10.metrics.json"
+    assert 0 <= json.loads(rationales.read_text())["metrics"]["rouge_l"] <= 100
+
+
+@pytest.mark.slow
 def test_the_report_has_both_methods_and_its_plots(readme_tmp):
     table = (readme_tmp / "dsbs_report/report.csv").read_text()
     assert "dsbs-llm,synthetic" in table and "standard-llm,synthetic" in table
@@ -118,6 +141,38 @@ def test_the_report_has_both_methods_and_its_plots(readme_tmp):
 
 # What each cluster command's gin must resolve: the run's required macros.
 SH_REQUIRED = {"dsbs-train": "%TRAIN_STEPS", "dsbs-eval": "%CHECKPOINT_PATH"}
+# README commands that print what they would run: launchers and sweeps.
+LAUNCHER = re.compile(r"launch/\w+\.(sh|sbatch)")
+
+
+def printed_commands(argv: list[str]) -> list[list[str]]:
+    """The commands a launcher or sweep prints (`argv` asks for --dry-run), each an argv."""
+    run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith("#")]
+
+
+def binary_argv(command: str) -> list[str]:
+    """The dsbs binary's argv a ```sh command runs: itself, the last command a launcher
+    prints (for a TPU VM, the remote --command), or the first run a sweep prints."""
+    argv = shlex.split(command)
+    if argv[0] == "sbatch":  # sbatch's own options, then the script and its arguments
+        argv = ["bash", *itertools.dropwhile(lambda a: a.startswith("--"), argv[1:])]
+    if "launch/sweep.py" in argv[:2]:
+        runs = printed_commands([sys.executable, *argv[1:], "--dry-run"])
+        assert len({tuple(r) for r in runs}) == len(runs) > 1
+        argv = runs[0]
+    elif any(LAUNCHER.fullmatch(a) for a in argv[:2]):
+        script = next(i for i, a in enumerate(argv) if LAUNCHER.fullmatch(a))
+        argv = printed_commands(["bash", argv[script], "--dry-run", *argv[script + 1 :]])[-1]
+        if argv[-1].startswith("--command="):
+            argv = shlex.split(argv[-1].removeprefix("--command="))
+    start = next(i for i, a in enumerate(argv) if pathlib.Path(a).name.startswith("dsbs-"))
+    # The binary's own arguments: not a --log's `2>&1 | tee`, nor the host coordinates that
+    # SLURM fills in per task (tests/test_launch.py checks those).
+    own = itertools.takewhile(lambda a: a not in ("2>&1", "|"), argv[start + 1 :])
+    coordinates = ("--coordinator_address=", "--num_processes=", "--process_id=")
+    return [pathlib.Path(argv[start]).name, *[a for a in own if not a.startswith(coordinates)]]
 
 
 @pytest.mark.parametrize("command", SH_COMMANDS)
@@ -125,10 +180,10 @@ def test_cluster_commands_parse(command):
     import gin
     from dsbs_jax import annotate, gin_utils
 
-    binary, *argv = shlex.split(command)
+    binary, *argv = binary_argv(command)
     if binary == "dsbs-annotate":  # plain flags
         args = annotate.parse_flags(argv)
-        assert args.backend == "openai" and args.samples > 1
+        assert args.backend == "openai" and args.output_dir
         return
     parser = gin_utils.flag_parser(binary, "")
     parser.add_argument("--select_on")  # dsbs-eval's own flag

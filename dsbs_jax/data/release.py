@@ -98,8 +98,15 @@ def _nli_label(row: dict) -> str:
     return metrics.NLI_CLASSES[row["label"]]
 
 
-def _field(name: str) -> Callable[[dict], str]:
-    return lambda row: row[name]
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """A row's `name` field as the input or label: a value, so that two specs built from
+    the same field names are equal (registering one twice is not a conflict)."""
+
+    name: str
+
+    def __call__(self, row: dict) -> str:
+        return row[self.name]
 
 
 def _asdiv_label(row: dict) -> str:
@@ -119,14 +126,14 @@ SPECS: dict[str, DatasetSpec] = {
             name="cqa",
             fields=("id", "question", "choices", "answer"),
             build_input=_cqa_input,
-            build_label=_field("answer"),
+            build_label=Field("answer"),
             id_field="id",
         ),
         DatasetSpec(
             name="svamp",
             fields=("input", "label"),
-            build_input=_field("input"),
-            build_label=_field("label"),
+            build_input=Field("input"),
+            build_label=Field("label"),
             label_matches=metrics.equations_match,
         ),
         DatasetSpec(
@@ -154,8 +161,8 @@ SPECS: dict[str, DatasetSpec] = {
         DatasetSpec(
             name="synthetic",
             fields=("id", "question", "answer"),
-            build_input=_field("question"),
-            build_label=_field("answer"),
+            build_input=Field("question"),
+            build_label=Field("answer"),
             id_field="id",
             has_validation=True,
         ),
@@ -277,6 +284,12 @@ def holdout_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
     return permutation[n_validation:], permutation[:n_validation]
 
 
+def hold_out(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+    """(train, validation) out of the examples of a dataset without a validation file."""
+    train, validation = holdout_indices(len(examples))
+    return [examples[i] for i in train], [examples[i] for i in validation]
+
+
 def _release_split_examples(
     manual_dir: pathlib.Path, spec: DatasetSpec, release_split: str
 ) -> list[Example] | None:
@@ -288,8 +301,8 @@ def _our_split(spec: DatasetSpec, split: str, examples: list[Example]) -> list[E
     """`split` out of the examples of the release split that holds it."""
     if spec.has_validation or split == "test":
         return examples
-    train, validation = holdout_indices(len(examples))
-    return [examples[i] for i in (validation if split == "validation" else train)]
+    train, validation = hold_out(examples)
+    return validation if split == "validation" else train
 
 
 def read_split(manual_dir: pathlib.Path, dataset: str, split: str) -> list[Example] | None:

@@ -54,9 +54,13 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def release_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
         return epath.Path(dl_manager.manual_dir)
 
+    def read(self, manual_dir: epath.Path) -> dict[str, list[release.Example]]:
+        """The splits present in the manual dir; a builder for another layout overrides it."""
+        return release.read_dataset(manual_dir, self.dataset)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = self.release_dir(dl_manager)
-        splits = release.read_dataset(manual_dir, self.dataset)
+        splits = self.read(manual_dir)
         for split in release.SPLITS:
             if split not in splits:
                 logging.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)

@@ -1,0 +1,280 @@
+"""Expand a grid of training runs, run them one after another or print their commands.
+
+    python launch/sweep.py GRID.json --root DIR [--only AXIS=VALUE[,VALUE...] ...]
+        [--launcher "launch/gpu.sh"] [--parallel N [--log_dir DIR]] [--dry-run] [--report]
+        [--gin.NAME=VALUE ...]
+
+A grid file (gin/runs/paper/grid.json is the paper's) names the gin files every run reads
+and its axes, in order:
+
+    {"description": "...", "gin_files": ["runs/paper/paper.gin"],
+     "axes": {"dataset": ["cqa", "svamp"], "method": ["dsbs-llm"], "SEED": [0, 1, 2]}}
+
+An axis in lower case picks a gin file per value, `{axis}/{value}.gin` beside the grid
+file; an axis in upper case is a gin macro bound to each value. Every combination is one
+run, written to `ROOT/{axis}={value},...` (its MODEL_DIR, named by its settings), and is
+`dsbs-train` with the grid's gin files, the axis files, the macros and then the
+`--gin.NAME=VALUE` bindings given here (which apply to every run and win).
+
+`--dry-run` prints one command per run (for a cluster's scheduler: each is a complete
+command line). Otherwise the runs go through `--launcher` (default launch/local.sh),
+`--parallel N` at a time (on CPU a small model's run keeps about one core busy; with
+several, each run's output goes to a log file). When the launcher succeeds, the run's
+`ROOT/NAME/sweep_launched.json` records it, and the same command later skips that run: it
+resumes an interrupted sweep (the trainer resumes a run that was cut short) and does not
+submit a queued job twice (`sbatch` succeeds once the job is queued); delete the file to
+launch the run again. A failed run is reported and the others still run (exit 1 at the
+end). `--report` then summarises ROOT with dsbs-report, here, into ROOT/report.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import itertools
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from etils import epath
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GIN_DIR = ROOT / "gin"
+DEFAULT_LAUNCHER = "launch/local.sh"
+LAUNCHED = "sweep_launched.json"
+# Axis values name directories: `axis=value` joined by commas must read back unambiguously.
+VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+
+
+class GridError(ValueError):
+    """The grid file or a selection does not describe runs that can be made."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One combination of axis values: where it writes and the gin it adds."""
+
+    name: str
+    gin_files: tuple[str, ...]
+    bindings: tuple[str, ...]
+
+
+def _gin_path(path: pathlib.Path) -> str:
+    """Relative to `gin/` when it lies there, so commands work from any directory."""
+    try:
+        return str(path.resolve().relative_to(GIN_DIR))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _gin_literal(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise GridError(f"axis value {value!r}: expected a number or a string")
+    return repr(value)
+
+
+def _check_value(value: object) -> None:
+    _gin_literal(value)
+    if not VALUE.fullmatch(str(value)):
+        raise GridError(f"axis value {value!r}: expected letters, digits, '_', '+', '-', '.'")
+
+
+def load_grid(path: pathlib.Path) -> dict:
+    """The grid file, checked: its keys, and a gin file for every value of every file axis."""
+    try:
+        grid = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise GridError(f"{path}: cannot read the grid ({error})") from error
+    if not isinstance(grid, dict) or not isinstance(grid.get("axes"), dict) or not grid["axes"]:
+        raise GridError(f"{path}: expected an object with a non-empty 'axes' object")
+    if unknown := set(grid) - {"description", "gin_files", "axes"}:
+        expected = "description, gin_files, axes"
+        raise GridError(f"{path}: unknown keys {sorted(unknown)} (expected {expected})")
+    for axis, values in grid["axes"].items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{path}: axis {axis!r} must list at least one value")
+        for value in values:
+            _check_value(value)
+        if axis.islower():
+            for value in values:
+                if not (path.parent / axis / f"{value}.gin").is_file():
+                    raise GridError(f"{path}: {axis} {value!r} has no gin file {axis}/{value}.gin")
+        elif not axis.isupper():
+            raise GridError(f"{path}: axis {axis!r}: lower case (files) or upper case (a macro)")
+    return grid
+
+
+def select(axes: dict[str, list], only: Sequence[str]) -> dict[str, list]:
+    """The axes restricted by `AXIS=V1,V2` selections (values as the grid spells them)."""
+    selected = dict(axes)
+    for choice in only:
+        axis, _, wanted = choice.partition("=")
+        if axis not in axes or not wanted:
+            raise GridError(f"--only {choice!r}: expected AXIS=VALUE[,VALUE], AXIS in {list(axes)}")
+        spelled = {str(value): value for value in axes[axis]}
+        if missing := [w for w in wanted.split(",") if w not in spelled]:
+            raise GridError(f"--only {choice!r}: {missing} not in {axis}'s values {list(spelled)}")
+        selected[axis] = [spelled[w] for w in wanted.split(",")]
+    return selected
+
+
+def expand(grid_path: pathlib.Path, grid: dict, only: Sequence[str] = ()) -> list[Run]:
+    """Every combination of the (selected) axis values, the first axis outermost."""
+    axes = select(grid["axes"], only)
+    runs = []
+    for values in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, values, strict=True))
+        runs.append(
+            Run(
+                name=",".join(f"{axis.lower()}={value}" for axis, value in chosen.items()),
+                gin_files=tuple(
+                    _gin_path(grid_path.parent / axis / f"{value}.gin")
+                    for axis, value in chosen.items()
+                    if axis.islower()
+                ),
+                bindings=tuple(
+                    f"{axis}={_gin_literal(value)}"
+                    for axis, value in chosen.items()
+                    if axis.isupper()
+                ),
+            )
+        )
+    return runs
+
+
+def command(
+    run: Run, grid: dict, root: str, extra_bindings: Sequence[str], launcher: Sequence[str]
+) -> list[str]:
+    """The run's command line: launcher, dsbs-train, gin files, MODEL_DIR, macros, extras."""
+    model_dir = f"{root.rstrip('/')}/{run.name}"
+    return [
+        *launcher,
+        "dsbs-train",
+        *[f"--gin_file={f}" for f in (*grid.get("gin_files", []), *run.gin_files)],
+        f"--gin.MODEL_DIR={_gin_literal(model_dir)}",
+        *[f"--gin.{binding}" for binding in run.bindings],
+        *[f"--gin.{binding}" for binding in extra_bindings],
+    ]
+
+
+def shell_line(argv: Sequence[str]) -> str:
+    """`argv` as a shell line that reads like the README's: `--gin.X="'text'"`."""
+    words = []
+    for word in argv:
+        if shlex.quote(word) != word and not set(word) & set('"$`\\!'):
+            word = f'"{word}"'
+        else:
+            word = shlex.quote(word)
+        words.append(word)
+    return " ".join(words)
+
+
+def launched(model_dir: epath.Path) -> bool:
+    return (model_dir / LAUNCHED).exists()
+
+
+def mark_launched(model_dir: epath.Path, argv: list[str]) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    (model_dir / LAUNCHED).write_text(json.dumps({"command": argv, "launched": when}) + "\n")
+
+
+def run_all(
+    commands: list[tuple[Run, list[str]]], root: str, parallel: int, log_dir: pathlib.Path
+) -> list[str]:
+    """Launch the runs not launched before, `parallel` at a time; the names of those that
+    failed. One at a time, a run prints to the console; several at a time, each writes
+    `log_dir/NAME.log` and the console gets a line as each starts and ends."""
+    total, todo = len(commands), []
+    for index, (run, argv) in enumerate(commands, 1):
+        if launched(epath.Path(root) / run.name):
+            print(f"[{index}/{total}] {run.name}: launched before, skipped", flush=True)
+        else:
+            todo.append((index, run, argv))
+    done, started, lock = 0, time.monotonic(), threading.Lock()
+
+    def launch(index: int, run: Run, argv: list[str]) -> bool:
+        nonlocal done
+        print(f"[{index}/{total}] {run.name}", flush=True)
+        if parallel == 1:
+            status = subprocess.run(argv, cwd=ROOT).returncode
+        else:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_dir / f"{run.name}.log", "w") as output:
+                status = subprocess.run(argv, cwd=ROOT, stdout=output, stderr=output).returncode
+        if status == 0:
+            mark_launched(epath.Path(root) / run.name, argv)
+        with lock:
+            done += 1
+            # Wall time per finished run already reflects the runs going on side by side.
+            eta = (time.monotonic() - started) / done * (len(todo) - done) / 60
+            outcome = "finished" if status == 0 else f"FAILED (exit {status})"
+            print(
+                f"[{index}/{total}] {run.name} {outcome}; {done}/{len(todo)} done, "
+                f"ETA {eta:.0f} min",
+                flush=True,
+            )
+        return status == 0
+
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        succeeded = list(pool.map(lambda job: launch(*job), todo))
+    return [run.name for (_, run, _), ok in zip(todo, succeeded, strict=True) if not ok]
+
+
+def absolute_root(root: str) -> str:
+    """A local root made absolute (runs start in the repository, not here); URLs as given."""
+    return root if "://" in root else os.path.abspath(root)
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n")[0])
+    parser.add_argument("grid", type=pathlib.Path, help="a grid JSON file")
+    parser.add_argument("--root", required=True, help="runs go to ROOT/{settings}")
+    parser.add_argument("--only", action="append", default=[], help="AXIS=V1,V2 (repeatable)")
+    parser.add_argument("--launcher", default=DEFAULT_LAUNCHER, help="runs dsbs-train")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (>= 1)")
+    parser.add_argument("--log_dir", help="logs of --parallel runs (ROOT/logs for a local ROOT)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--report", action="store_true", help="then dsbs-report into ROOT/report")
+    bindings = [a.removeprefix("--gin.") for a in argv if a.startswith("--gin.")]
+    return parser.parse_args([a for a in argv if not a.startswith("--gin.")]), bindings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, bindings = parse_flags(sys.argv[1:] if argv is None else argv)
+    root = absolute_root(args.root)
+    try:
+        grid = load_grid(args.grid)
+        runs = expand(args.grid, grid, args.only)
+        if args.parallel < 1:
+            raise GridError(f"--parallel {args.parallel}: expected 1 or more runs at a time")
+        if args.log_dir is None and "://" in root and args.parallel > 1:
+            raise GridError(f"--root {root} is not local: give --log_dir for the run logs")
+    except GridError as error:
+        print(f"sweep: {error}", file=sys.stderr)
+        return 2
+    launcher = shlex.split(args.launcher)
+    commands = [(run, command(run, grid, root, bindings, launcher)) for run in runs]
+    if args.dry_run:
+        print("\n".join(shell_line(argv) for _, argv in commands))
+        return 0
+    print(f"sweep: {len(commands)} runs of {args.grid} into {root}", flush=True)
+    log_dir = pathlib.Path(args.log_dir or os.path.join(root, "logs"))
+    failed = run_all(commands, root, args.parallel, log_dir)
+    if args.report:
+        report = [sys.executable, "-m", "dsbs_jax.report", root, "--output_dir", f"{root}/report"]
+        failed += [] if subprocess.run(report, cwd=ROOT).returncode == 0 else ["dsbs-report"]
+    if failed:
+        print(f"sweep: {len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

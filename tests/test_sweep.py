@@ -1,0 +1,263 @@
+"""launch/sweep.py: the paper's grid as commands, grids checked, a small grid run and reported."""
+
+import csv
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import gin
+from tests import runs
+
+SWEEP = runs.ROOT / "launch" / "sweep.py"
+PAPER_GRID = runs.ROOT / "gin" / "runs" / "paper" / "grid.json"
+SYNTHETIC_GRID = runs.ROOT / "gin" / "runs" / "paper" / "synthetic.json"
+CHECKPOINTS = {size: f"/models/t5-v1_1-{size}" for size in ("base", "large", "xxl")}
+PAPER_METHODS = {  # method -> (MODE, label task kind, rationale task?)
+    "standard-gt": ("standard", "label_gt", False),
+    "standard-llm": ("standard", "label_llm", False),
+    "dsbs-gt": ("dsbs", "label_gt", True),
+    "dsbs-llm": ("dsbs", "label_llm", True),
+    "cot-gt": ("cot", "cot_gt", False),
+    "cot-llm": ("cot", "cot_llm", False),
+}
+
+
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _sweep_module()
+
+
+def dry_run(*argv: str) -> list[list[str]]:
+    """The commands `sweep.py --dry-run` prints, each split as a shell would."""
+    run = subprocess.run(
+        [sys.executable, str(SWEEP), *argv, "--dry-run"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    return [shlex.split(line) for line in run.stdout.splitlines()]
+
+
+def settings(argv: list[str]) -> dict:
+    """The gin macros a printed dsbs-train command resolves to."""
+    files = [a.removeprefix("--gin_file=") for a in argv if a.startswith("--gin_file=")]
+    bindings = [a.removeprefix("--gin.") for a in argv if a.startswith("--gin.")]
+    gin.clear_config()
+    from dsbs_jax import gin_utils
+
+    gin_utils.parse(files, bindings)
+    names = ("MODE", "LABEL_TASK", "RATIONALE_TASK", "TASK_FEATURE_LENGTHS", "MODEL_DIR")
+    names += ("TRAIN_STEPS", "BATCH_SIZE", "ALPHA", "TRAIN_FRACTION", "SEED")
+    names += ("INITIAL_CHECKPOINT_PATH",)
+    values = {name: _resolved(gin.query_parameter(f"%{name}")) for name in names}
+    values["learning_rate"] = gin.query_parameter("optimizers.adamw.learning_rate")
+    return values
+
+
+def _resolved(value):
+    """A macro's value with the macros it refers to (`%NAME`, as gin reports them) evaluated."""
+    if isinstance(value, dict):
+        return {k: _resolved(v) for k, v in value.items()}
+    if isinstance(value, gin.config.ConfigurableReference):
+        return value.scoped_configurable_fn()
+    return value
+
+
+def test_the_paper_grid_prints_one_command_per_run_with_its_bindings():
+    checkpoints = [f"--gin.{s.upper()}_CHECKPOINT='{path}'" for s, path in CHECKPOINTS.items()]
+    commands = dry_run(str(PAPER_GRID), "--root", "gs://bucket/paper", *checkpoints)
+    assert len(commands) == 4 * 6 * 3 * 5 * 3
+    model_dirs = set()
+    for argv in commands:
+        assert argv[:2] == ["launch/local.sh", "dsbs-train"]
+        model_dirs.add(next(a for a in argv if a.startswith("--gin.MODEL_DIR=")))
+    assert len(model_dirs) == len(commands)
+    # Every dataset x method x size resolves to the paper's settings (seed and fraction vary).
+    seen = 0
+    for argv in commands:
+        model_dir = next(a for a in argv if a.startswith("--gin.MODEL_DIR=")).split("=", 1)[1]
+        name = model_dir.strip("'").removeprefix("gs://bucket/paper/")
+        chosen = dict(part.split("=") for part in name.split(","))
+        if chosen["train_fraction"] != "0.25" or chosen["seed"] != "1":
+            continue
+        seen += 1
+        values = settings(argv)
+        mode, kind, with_rationale = PAPER_METHODS[chosen["method"]]
+        dataset, size = chosen["dataset"], chosen["size"]
+        assert values["MODE"] == mode
+        assert values["LABEL_TASK"] == f"dsbs_{dataset}_{kind}"
+        assert values["RATIONALE_TASK"] == (f"dsbs_{dataset}_rationale" if with_rationale else None)
+        lengths = values["TASK_FEATURE_LENGTHS"]
+        target = 256 if mode == "cot" else 32
+        expected = {"inputs": 1024, "label": target} | (
+            {"rationale": 256} if with_rationale else {}
+        )
+        assert lengths == expected
+        assert values["MODEL_DIR"] == f"gs://bucket/paper/{name.rstrip(chr(39))}"
+        assert (values["TRAIN_FRACTION"], values["SEED"]) == (0.25, 1)
+        assert (values["TRAIN_STEPS"], values["BATCH_SIZE"]) == (
+            (4000, 32) if size == "xxl" else (10000, 64)
+        )
+        assert values["ALPHA"] == 0.5 and values["learning_rate"] == 5e-5
+        assert values["INITIAL_CHECKPOINT_PATH"] == CHECKPOINTS[size]
+    assert seen == 4 * 6 * 3
+
+
+def test_only_selects_and_extra_bindings_come_last():
+    commands = dry_run(
+        str(PAPER_GRID),
+        "--root=/runs",
+        "--only",
+        "dataset=svamp,cqa",
+        "--only",
+        "method=dsbs-llm",
+        "--only=size=base",
+        "--only=SEED=2",
+        "--launcher",
+        "bash launch/slurm.sbatch",
+        "--gin.INPUT_LENGTH=256",
+    )
+    assert len(commands) == 2 * 5
+    first = commands[0]
+    assert first[:3] == ["bash", "launch/slurm.sbatch", "dsbs-train"]
+    assert "--gin_file=runs/paper/dataset/svamp.gin" in first
+    assert first[-1] == "--gin.INPUT_LENGTH=256"
+    assert first[-3:-1] == ["--gin.TRAIN_FRACTION=0.125", "--gin.SEED=2"]
+    assert "dataset=svamp,method=dsbs-llm,size=base,train_fraction=0.125,seed=2" in first[-4]
+
+
+@pytest.mark.parametrize(
+    ("grid", "only", "message"),
+    [
+        ({"axes": {"method": ["nope"]}}, [], "has no gin file method/nope.gin"),
+        ({"axes": {}}, [], "non-empty 'axes'"),
+        ({"axes": {"SEED": [0]}, "extra": 1}, [], "unknown keys ['extra']"),
+        ({"axes": {"Seed": [0]}}, [], "lower case (files) or upper case"),
+        ({"axes": {"SEED": [[0]]}}, [], "expected a number or a string"),
+        ({"axes": {"SEED": [0, 1]}}, ["SEED=3"], "['3'] not in SEED's values ['0', '1']"),
+        ({"axes": {"SEED": [0, 1]}}, ["seed=0"], "AXIS in ['SEED']"),
+        ({"axes": {"method": ["../x"]}}, [], "axis value '../x': expected letters"),
+        ({"axes": {"TAG": ["a,b=c"]}}, [], "axis value 'a,b=c': expected letters"),
+    ],
+)
+def test_bad_grids_and_selections_are_named(grid, only, message, tmp_path, capsys):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    argv = [str(path), "--root", str(tmp_path / "runs"), *[f"--only={o}" for o in only]]
+    assert sweep.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreadable_grid_is_named(tmp_path, capsys):
+    path = tmp_path / "grid.json"
+    path.write_text("{not json")
+    assert sweep.main([str(path), "--root", str(tmp_path)]) == 2
+    assert f"{path}: cannot read the grid" in capsys.readouterr().err
+
+
+def test_a_bad_parallel_count_and_remote_logs_are_refused(tmp_path, capsys):
+    assert sweep.main([str(SYNTHETIC_GRID), "--root", str(tmp_path), "--parallel=0"]) == 2
+    assert "--parallel 0: expected 1 or more" in capsys.readouterr().err
+    assert sweep.main([str(SYNTHETIC_GRID), "--root", "gs://b/r", "--parallel=2"]) == 2
+    assert "give --log_dir" in capsys.readouterr().err
+
+
+def test_a_relative_root_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (first, *_) = dry_run(str(SYNTHETIC_GRID), "--root", "runs")
+    assert f"--gin.MODEL_DIR='{tmp_path}/runs/seed=0,dataset=synthetic," in " ".join(first)
+
+
+def launch_with(launcher: str, root, *argv: str) -> subprocess.CompletedProcess:
+    """The synthetic grid's first seed through a stand-in launcher (`true`, `false`)."""
+    return subprocess.run(
+        [sys.executable, str(SWEEP), str(SYNTHETIC_GRID), "--root", str(root), "--only=SEED=0"]
+        + ["--launcher", launcher, *argv],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_failed_runs_are_reported_the_others_run_and_nothing_is_marked(tmp_path):
+    result = launch_with("false", tmp_path, "--parallel=2")
+    assert result.returncode == 1
+    assert result.stdout.count("FAILED (exit 1)") == 16
+    assert "sweep: 16 failed: seed=0,dataset=synthetic,method=standard-gt" in result.stderr
+    assert not list(tmp_path.glob(f"*/{sweep.LAUNCHED}"))
+    assert len(list((tmp_path / "logs").glob("*.log"))) == 16
+
+
+def test_launched_runs_are_recorded_and_skipped_the_next_time(tmp_path):
+    assert launch_with("true", tmp_path, "--only=method=dsbs-gt").returncode == 0
+    (marker,) = tmp_path.glob(f"*method=dsbs-gt,train_fraction=0.5/{sweep.LAUNCHED}")
+    assert json.loads(marker.read_text())["command"][:2] == ["true", "dsbs-train"]
+    marker.unlink()  # this one is launched again
+    again = launch_with("true", tmp_path, "--only=method=dsbs-gt")
+    assert again.stdout.count("launched before, skipped") == 3
+    assert again.stdout.count("finished;") == 1 and marker.exists()
+
+
+def test_shell_lines_split_back_into_the_same_words():
+    argv = ["a b", "--gin.X='/p q'", "it's", 'say "hi"', "$HOME", "plain"]
+    line = sweep.shell_line(argv)
+    assert shlex.split(line) == argv
+    assert "\"--gin.X='/p q'\"" in line
+
+
+@pytest.mark.slow
+def test_a_two_run_grid_runs_locally_is_reported_and_resumes(tfds_data_dir, tmp_path):
+    root = tmp_path / "sweep"
+    argv = [
+        str(SYNTHETIC_GRID),
+        "--root",
+        str(root),
+        "--only=method=standard-llm,dsbs-gt",
+        "--only=TRAIN_FRACTION=0.5",
+        "--only=SEED=1",
+        "--parallel=2",
+        "--report",
+        f"--gin.DATA_DIR='{tfds_data_dir}'",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.BATCH_SIZE=8",
+        "--gin.train.eval_examples=16",
+        *runs.TINY_MODEL,
+    ]
+    sweep_run = subprocess.run(
+        [sys.executable, str(SWEEP), *argv],
+        cwd=runs.ROOT,
+        env=runs.environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert sweep_run.returncode == 0, sweep_run.stderr[-3000:] + sweep_run.stdout[-3000:]
+    names = [
+        "seed=1,dataset=synthetic,method=standard-llm,train_fraction=0.5",
+        "seed=1,dataset=synthetic,method=dsbs-gt,train_fraction=0.5",
+    ]
+    for name in names:
+        assert (root / name / sweep.LAUNCHED).exists()
+        info = json.loads((root / name / "run.json").read_text())
+        assert (info["train_fraction"], info["seed"], info["train_steps"]) == (0.5, 1, 4)
+        assert "step 4/4" in (root / "logs" / f"{name}.log").read_text()
+    with open(root / "report" / "report.csv") as table:
+        rows = {row["method"]: row for row in csv.DictReader(table)}
+    assert set(rows) == {"standard-llm", "dsbs-gt"}
+    for method, name in zip(("standard-llm", "dsbs-gt"), names, strict=True):
+        (metrics,) = (root / name / "eval").glob("*_test_4.metrics.json")
+        accuracy = json.loads(metrics.read_text())["metrics"]["accuracy"]
+        assert float(rows[method]["mean"]) == pytest.approx(accuracy)
+        assert (float(rows[method]["fraction_percent"]), rows[method]["n"]) == (50, "1")
+    # The same command again finds both runs finished and trains nothing.
+    again = subprocess.run(
+        [sys.executable, str(SWEEP), *argv], cwd=runs.ROOT, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("launched before, skipped") == 2
