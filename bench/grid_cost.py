@@ -218,7 +218,7 @@ class StepCosts:
         batch = step_batch(trainer.config, shape, shape.batch, trainer.task_weights)
         return xla_flops(compile_step(trainer, batch)) * jax.device_count()
 
-    def eval(self, shape: Shape, tasks) -> float:
+    def eval_step(self, shape: Shape, tasks) -> float:
         """FLOPs of `Trainer.eval_step` on a batch of EVAL_BATCH rows of `tasks`."""
         trainer = self.trainer(shape)
         batch = step_batch(trainer.config, shape, EVAL_BATCH, tasks)
@@ -240,8 +240,8 @@ class StepCosts:
         if run.dataset not in EVAL_EXAMPLES:
             return None
         tasks = tuple(losses.task_weights(run.shape.mode, ALPHA))
-        loss = self.eval(run.shape, tasks)
-        decode = self.eval(run.shape, (losses.LABEL,))
+        loss = self.eval_step(run.shape, tasks)
+        decode = self.eval_step(run.shape, (losses.LABEL,))
         validation, test = (math.ceil(n / EVAL_BATCH) for n in EVAL_EXAMPLES[run.dataset])
         periodic = math.ceil(run.steps / run.eval_period)  # the last step always evaluates
         return periodic * validation * (loss + decode) + (validation + test) * decode
