@@ -24,10 +24,25 @@ pessimistic for a remat run on GPU. On a GPU host with N GPUs the same command c
 for the GPUs and gives their own figures: only that settles a step near the limit.
 Compiling XXL on a CPU takes a long time; try `--size small` first.
 
+`--teacher SIZE` adds an online teacher, as a distilling run has: the `Trainer` gets
+`Distillation(teacher, 1.0, dtype=--teacher_dtype)` (the logits' KL on both tasks; the
+teacher is that size with the student's `vocab_size`, since it must share the student's
+vocabulary) and the step is compiled with `Trainer.abstract_teacher_params` as its third
+argument, again allocating nothing. The teacher's parameters (in `--teacher_dtype`, default
+bfloat16) count among the arguments and are not aliased (read, never donated); its forward
+pass, without remat and without dropout, adds to the temporaries. The line names the
+teacher and its parameter count.
+
     python bench/memory.py [--size xxl] [--devices 1|8] [--model_parallelism 1]
                            [--batch 32] [--inputs 1024] [--rationale 256] [--label 16]
                            [--dtype bfloat16] [--no-remat] [--microbatches 1]
+                           [--teacher SIZE] [--teacher_dtype bfloat16|float32]
                            [--capacity-gib 139]
+
+For example, a T5-base student distilled from a Flan-T5-XL teacher (T5.1.1 XL's shapes):
+
+    python bench/memory.py --size base --teacher xl --batch 64 --inputs 1024 \\
+                           --rationale 256 --label 32
 """
 
 import argparse
@@ -47,6 +62,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--no-remat", dest="remat", action="store_false")
     parser.add_argument("--microbatches", type=int, default=1, help="gradient accumulation")
+    parser.add_argument("--teacher", help="an online teacher's size of common.SIZES (none: no KD)")
+    parser.add_argument(
+        "--teacher_dtype",
+        choices=("float32", "bfloat16"),
+        default="bfloat16",
+        help="the teacher's parameters and activations",
+    )
     parser.add_argument("--capacity-gib", type=float, default=139.0, help="memory per device")
     return parser.parse_args()
 
@@ -69,16 +91,19 @@ from common import SIZES, log  # noqa: E402
 from train_step import ALPHA, Batch, make_batch  # noqa: E402
 
 from dsbs_jax import losses, optimizers, partitioning  # noqa: E402
-from dsbs_jax.trainer import Trainer  # noqa: E402
+from dsbs_jax.trainer import Distillation, Params, Trainer  # noqa: E402
 
 GIB = 2**30
 
 
-def compile_step(trainer: Trainer, batch: Batch) -> jax.stages.Compiled:
-    """The compiled training step for the abstract state and `batch`'s shapes."""
+def compile_step(
+    trainer: Trainer, batch: Batch, teacher_params: Params | None = None
+) -> jax.stages.Compiled:
+    """The compiled training step for the abstract state and `batch`'s shapes, and the
+    teacher's parameters when the trainer distils (`Trainer.abstract_teacher_params`)."""
     state = partitioning.abstract_arrays(trainer.abstract_state, trainer.state_sharding)
     arrays = partitioning.abstract_arrays(batch, partitioning.batch_sharding(trainer.mesh))
-    return trainer.compiled_train_step(state, arrays)
+    return trainer.compiled_train_step(state, arrays, teacher_params)
 
 
 def memory_figures(stats) -> dict[str, float]:
@@ -103,9 +128,15 @@ def main() -> None:
             f"--devices {args.devices}, but {jax.devices()[0].platform} has "
             f"{jax.device_count()}: on a GPU or TPU host, JAX_PLATFORMS=cpu estimates on CPU"
         )
-    if args.size not in SIZES:
-        raise SystemExit(f"--size {args.size}: not one of {', '.join(SIZES)}")
+    for flag, size in (("--size", args.size), ("--teacher", args.teacher)):
+        if size is not None and size not in SIZES:
+            raise SystemExit(f"{flag} {size}: not one of {', '.join(SIZES)}")
     config = dataclasses.replace(SIZES[args.size], dtype=args.dtype, remat=args.remat)
+    distillation = None
+    if args.teacher:
+        # The teacher must share the student's vocabulary (T5.1.1 sizes all have 32128).
+        teacher_config = dataclasses.replace(SIZES[args.teacher], vocab_size=config.vocab_size)
+        distillation = Distillation(teacher_config, 1.0, dtype=args.teacher_dtype)
     mesh = partitioning.make_mesh(args.model_parallelism)
     trainer = Trainer(
         config,
@@ -113,11 +144,21 @@ def main() -> None:
         mesh,
         losses.task_weights("dsbs", ALPHA),
         num_microbatches=args.microbatches,
+        distillation=distillation,
     )
     params = sum(leaf.size for leaf in jax.tree.leaves(trainer.abstract_state.params))
+    teacher_params, teacher = None, "teacher=none"
+    if args.teacher:
+        teacher_params = trainer.abstract_teacher_params
+        count = sum(leaf.size for leaf in jax.tree.leaves(teacher_params))
+        teacher = f"teacher={args.teacher} teacher_params={count / 1e9:.3g}B "
+        teacher += f"teacher_dtype={args.teacher_dtype}"
     batch = make_batch(config, args.batch, args.inputs, args.rationale, args.label)
-    log(f"compiling the {args.size} step ({params / 1e9:.3g}B parameters), mesh {dict(mesh.shape)}")
-    stats = compile_step(trainer, batch).memory_analysis()
+    log(
+        f"compiling the {args.size} step ({params / 1e9:.3g}B parameters, {teacher}), "
+        f"mesh {dict(mesh.shape)}"
+    )
+    stats = compile_step(trainer, batch, teacher_params).memory_analysis()
     gib = memory_figures(stats)
     fits = "fits" if gib["total"] <= args.capacity_gib else "does NOT fit"
     platform = jax.devices()[0].platform
@@ -126,7 +167,7 @@ def main() -> None:
         f"dsbs train step memory size={args.size} params={params / 1e9:.3g}B batch={args.batch} "
         f"inputs={args.inputs} rationale={args.rationale} label={args.label} "
         f"dtype={args.dtype} remat={args.remat} microbatches={args.microbatches} "
-        f"optimizer=adafactor devices={args.devices} mesh={dict(mesh.shape)} "
+        f"{teacher} optimizer=adafactor devices={args.devices} mesh={dict(mesh.shape)} "
         f"platform={platform} | per device, GiB: "
         + ", ".join(f"{kind} {value:.2f}" for kind, value in gib.items())
         + f" | {fits} in {args.capacity_gib:g} GiB{estimate}"

@@ -9,6 +9,8 @@
         [--samples 1] [--keep vote|gold|all] [--temperature 0] [--max_tokens 256]
         [--stop TEXT ...] [--seed N] [--limit N]
         [--dataset NAME | --input_field input --label_field FIELD --id_field id]
+    dsbs-annotate --save_topk K --tasks TASK[,TASK...] --backend seq2seq --checkpoint PATH
+        --split SPLIT --output_dir DIR  (the offline teacher's top-k: `annotate_topk`)
 
 Paying a teacher for thousands of examples must survive a busy server and a killed run. So
 rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` chunk by chunk, each with the
@@ -536,10 +538,10 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help="tfds:NAME or jsonl:PATH")
+    parser.add_argument("--input", help="tfds:NAME or jsonl:PATH")
     parser.add_argument("--data_dir", help="TFDS data dir (tfds input)")
     parser.add_argument("--split", required=True, choices=release.SPLITS)
-    parser.add_argument("--prompt", required=True, help="packaged prompt name or JSON file")
+    parser.add_argument("--prompt", help="packaged prompt name or JSON file")
     parser.add_argument("--backend", choices=("openai", "seq2seq"), default="openai")
     parser.add_argument("--output_dir", required=True, type=pathlib.Path)
     jsonl = parser.add_argument_group("JSONL input")
@@ -571,7 +573,15 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     decoding.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     decoding.add_argument("--seed", type=int, help="sample j asks for seed + j")
     decoding.add_argument("--limit", type=int, help="annotate the first N examples only")
+    topk = parser.add_argument_group("offline teacher: top-k log-probabilities (seq2seq)")
+    topk.add_argument("--save_topk", type=int, metavar="K", help="score tasks' targets instead")
+    topk.add_argument("--tasks", help="comma-separated SeqIO tasks whose targets to score")
+    topk.add_argument("--task_module", action="append", help="a module adding tasks (repeatable)")
     args = parser.parse_args(argv)
+    if args.save_topk is not None and args.save_topk < 1:
+        parser.error("--save_topk must be at least 1")
+    if args.save_topk is None and not (args.input and args.prompt):
+        parser.error("--input and --prompt are required (unless --save_topk)")
     for name in ("concurrency", "samples", "batch_size", "max_tokens", "max_input_length"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -587,6 +597,10 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_flags(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
+    if args.save_topk is not None:
+        from dsbs_jax import annotate_topk
+
+        return cli.exit_status(PROG, lambda: annotate_topk.run(args))
     return cli.exit_status(PROG, lambda: run(args))
 
 

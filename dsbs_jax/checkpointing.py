@@ -2,8 +2,9 @@
 
 Each step directory holds the items `params` and `config` (so `checkpoints.load` and the
 evaluation binaries read it like any checkpoint), `train_state` (optimiser state, step,
-RNG) and `data` (the position in the training stream). Saves are asynchronous; the
-manager keeps the newest `keep` and the `keep_best` best by a validation metric.
+RNG, and a distilling run's hidden-state projections) and `data` (the position in the
+training stream). Saves are asynchronous; the manager keeps the newest `keep` and the
+`keep_best` best by a validation metric.
 """
 
 import dataclasses
@@ -55,14 +56,13 @@ class TrainCheckpoints:
         step = int(state.step)
         if step in self.manager.all_steps():
             return
-        train_state = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
         self.manager.save(
             step,
             args=ocp.args.Composite(
                 **{
                     ORBAX_PARAMS_ITEM: ocp.args.StandardSave(state.params),
                     ORBAX_CONFIG_ITEM: ocp.args.JsonSave(dataclasses.asdict(config)),
-                    TRAIN_STATE_ITEM: ocp.args.StandardSave(train_state),
+                    TRAIN_STATE_ITEM: ocp.args.StandardSave(_train_state(state)),
                     DATA_ITEM: ocp.args.JsonSave(data_position),
                 }
             ),
@@ -74,13 +74,12 @@ class TrainCheckpoints:
     ) -> tuple[TrainState, dict]:
         """The state saved at `step`, placed by `sharding`, and its data position."""
         target = partitioning.abstract_arrays(abstract_state, sharding)
-        train_state = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
                 **{
                     ORBAX_PARAMS_ITEM: ocp.args.StandardRestore(target.params),
-                    TRAIN_STATE_ITEM: ocp.args.StandardRestore(train_state),
+                    TRAIN_STATE_ITEM: ocp.args.StandardRestore(_train_state(target)),
                     DATA_ITEM: ocp.args.JsonRestore(),
                 }
             ),
@@ -91,6 +90,7 @@ class TrainCheckpoints:
             params=restored[ORBAX_PARAMS_ITEM],
             opt_state=saved["opt_state"],
             rng=saved["rng"],
+            projections=saved.get("projections", {}),
         )
         return state, restored[DATA_ITEM]
 
@@ -100,3 +100,10 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _train_state(state: TrainState) -> dict:
+    """The `train_state` item: all but the parameters; the hidden-state projections only
+    when the run has them, so other runs' checkpoints keep their layout."""
+    item = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+    return item | ({"projections": state.projections} if state.projections else {})

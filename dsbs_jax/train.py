@@ -5,11 +5,14 @@
 
 `train()` is the run, every argument bound in gin (`gin/runs/train.gin` names the macros:
 MODEL_DIR, MODE, LABEL_TASK, RATIONALE_TASK, TASK_FEATURE_LENGTHS, TRAIN_STEPS,
-BATCH_SIZE, ALPHA, CHECKPOINT_PERIOD, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH). Running the
-same command again resumes from the newest checkpoint in MODEL_DIR; SIGTERM saves one and
-exits 0. Outputs in MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under
-`train/` and `validation/`, `run.json` (what was trained, for `dsbs-report`), and the final
-evaluation's `eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes).
+BATCH_SIZE, ALPHA, CHECKPOINT_PERIOD, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH, and for
+distillation from a teacher TEACHER_CHECKPOINT_PATH (online) or TEACHER_TOPK_DIR
+(offline), KD_WEIGHT, KD_TEMPERATURE, HIDDEN_WEIGHT).
+Running the same command again resumes from the newest checkpoint in MODEL_DIR (the
+teacher, never part of it, is loaded again); SIGTERM saves one and exits 0. Outputs in
+MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under `train/` and
+`validation/`, `run.json` (what was trained, for `dsbs-report`), and the final evaluation's
+`eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes).
 """
 
 import dataclasses
@@ -35,7 +38,7 @@ from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.models import T5Config
 from dsbs_jax.optimizers import Optimizer
 from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput
-from dsbs_jax.trainer import LossOptions, Trainer, TrainState
+from dsbs_jax.trainer import Distillation, LossOptions, Trainer, TrainState
 
 Lengths = Mapping[str, int]
 TRAIN, VALIDATION = "train", "validation"
@@ -171,6 +174,72 @@ def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bo
         logging.warning("truncating: %s", problem)
 
 
+def check_distillation(
+    teacher_checkpoint_path: str | None,
+    teacher_topk_dir: str | None,
+    kd_weight: float,
+    hidden_weight: float,
+) -> None:
+    """A teacher and a weight for it come together: either alone is a forgotten binding.
+    One teacher: online (a checkpoint) or offline (top-k stores), never both."""
+    weights = f"KD_WEIGHT is {kd_weight} and HIDDEN_WEIGHT {hidden_weight}"
+    teacher = teacher_checkpoint_path or teacher_topk_dir
+    if teacher_checkpoint_path and teacher_topk_dir:
+        raise ConfigError(
+            "TEACHER_CHECKPOINT_PATH (an online teacher) and TEACHER_TOPK_DIR (an offline "
+            "one) are both set: keep one"
+        )
+    if teacher and kd_weight == 0 and hidden_weight == 0:
+        raise ConfigError(
+            f"the teacher is {teacher!r} but {weights}, so the teacher would not count: set "
+            "KD_WEIGHT (beta) or HIDDEN_WEIGHT (gamma) > 0, or no teacher"
+        )
+    if not teacher and (kd_weight != 0 or hidden_weight != 0):
+        raise ConfigError(
+            f"{weights} but there is no teacher: set TEACHER_CHECKPOINT_PATH (a Hugging Face, "
+            "T5X or Orbax checkpoint) or TEACHER_TOPK_DIR (dsbs-annotate --save_topk), or both "
+            "weights to 0"
+        )
+    if teacher_topk_dir and hidden_weight != 0:
+        raise ConfigError(
+            f"HIDDEN_WEIGHT is {hidden_weight} but TEACHER_TOPK_DIR is an offline teacher, "
+            "which has no hidden states: use TEACHER_CHECKPOINT_PATH, or HIDDEN_WEIGHT = 0"
+        )
+
+
+def load_teacher(path: str) -> tuple[T5Config, dict]:
+    """The teacher's config and host parameters, read by `checkpoints.load` (any format)."""
+    try:
+        return checkpoints.load(path)
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError is a ValueError
+        raise ConfigError(f"TEACHER_CHECKPOINT_PATH {path!r} cannot be read: {error}") from None
+
+
+def topk_sides(
+    teacher_topk_dir: str,
+    sides: Mapping[str, tuple[str, Lengths]],
+    kd_sides: Sequence[str],
+    vocab_size: int,
+) -> dict[str, str]:
+    """`{side: TEACHER_TOPK_DIR}` for the distilled sides, each store checked against the
+    run's task, lengths and vocabulary before training starts. Stores are read into paired
+    batches, so every side must be a task."""
+    from dsbs_jax.data import topk_store
+
+    for task_name, _ in sides.values():
+        if not isinstance(seqio.get_mixture_or_task(task_name), seqio.Task):
+            raise ConfigError(
+                f"TEACHER_TOPK_DIR needs tasks, and {task_name} is a mixture (stores are per task)"
+            )
+    for side in kd_sides:
+        task_name, lengths = sides[side]
+        try:
+            topk_store.Store(teacher_topk_dir, task_name, TRAIN).check_fits(lengths, vocab_size)
+        except topk_store.StoreError as error:
+            raise ConfigError(f"TEACHER_TOPK_DIR: {error}") from None
+    return {side: teacher_topk_dir for side in kd_sides}
+
+
 # -------------------------------------------------------------------------------------------
 # Data
 # -------------------------------------------------------------------------------------------
@@ -187,6 +256,7 @@ def host_batches(
     data_shards: int,
     start_step: int,
     pack: bool,
+    topk: Mapping[str, str] | None = None,
 ) -> Iterator[dict]:
     """This host's rows of each global batch. The training split is read as `data_shards`
     shards, each contributing `batch_size / data_shards` rows per step; a host reads its
@@ -201,7 +271,9 @@ def host_batches(
         info = seqio.ShardInfo(index=shard, num_shards=data_shards)
         rows = batch_size // data_shards
         if paired:
-            streams.append(paired_batches(sides, TRAIN, rows, seed, info, start_step=start_step))
+            streams.append(
+                paired_batches(sides, TRAIN, rows, seed, info, start_step=start_step, topk=topk)
+            )
         else:
             streams.append(independent_batches(sides, TRAIN, rows, seed, info, pack, start_step))
     iterators = [stream.as_numpy_iterator() for stream in streams]
@@ -410,12 +482,28 @@ def train(
     pack: bool = False,
     allow_truncation: bool = False,
     peak_flops_per_device: float | None = None,
+    teacher_checkpoint_path: str | None = None,
+    kd_weight: float = 0.0,
+    kd_temperature: float = 1.0,
+    kd_direction: str = "forward",
+    kd_tasks: Sequence[str] | None = None,
+    teacher_dtype: str = "bfloat16",
+    teacher_topk_dir: str | None = None,
+    hidden_weight: float = 0.0,
+    hidden_layers: Sequence[Sequence[str]] = (("decoder:-1", "decoder:-1"),),
+    hidden_kind: str = "mse",
 ) -> TrainResult:
     """Train until `train_steps` (or SIGTERM), evaluating and checkpointing periodically.
 
     `registered_tasks` is there for gin: binding it to `@registry.register()` registers the
     tasks (with a data dir, vocabulary and training fraction) before they are looked up.
     `train_fraction` is that fraction, recorded in `run.json` for `dsbs-report`.
+
+    With `teacher_checkpoint_path`, a frozen teacher of the student's vocabulary runs in
+    every step: `kd_weight` (beta) times its token KL and `hidden_weight` (gamma) times the
+    distance between `hidden_layers` (student, teacher) pairs join the loss
+    (`Distillation`: `kd_temperature`, `kd_direction`, `kd_tasks`, `teacher_dtype`,
+    `hidden_kind`).
     """
     del registered_tasks
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
@@ -435,14 +523,53 @@ def train(
     data_shards = data_shards or jax.process_count()
     check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards)
     check_lengths(sides, allow_truncation)
+    check_distillation(teacher_checkpoint_path, teacher_topk_dir, kd_weight, hidden_weight)
 
-    trainer = Trainer(
-        model_config, optimizer, mesh, weights, loss_options or LossOptions(), num_microbatches
-    )
+    distillation, teacher = None, None
+    if teacher_checkpoint_path or teacher_topk_dir:
+        teacher_config = None
+        if teacher_checkpoint_path:
+            teacher_config, teacher = load_teacher(teacher_checkpoint_path)
+        try:
+            distillation = Distillation(
+                teacher_config,
+                kd_weight,
+                kd_temperature,
+                kd_direction,
+                None if kd_tasks is None else tuple(kd_tasks),
+                teacher_dtype,
+                hidden_weight,
+                tuple(tuple(pair) for pair in hidden_layers),
+                hidden_kind,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    try:
+        trainer = Trainer(
+            model_config,
+            optimizer,
+            mesh,
+            weights,
+            loss_options or LossOptions(),
+            num_microbatches,
+            distillation,
+        )
+    except ValueError as error:
+        if distillation is None:
+            raise
+        source = "TEACHER_CHECKPOINT_PATH" if teacher_checkpoint_path else "TEACHER_TOPK_DIR"
+        path = teacher_checkpoint_path or teacher_topk_dir
+        raise ConfigError(f"{source} {path!r}: {error}") from None
+    topk = None
+    if teacher_topk_dir:
+        topk = topk_sides(teacher_topk_dir, sides, trainer.kd_tasks, model_config.vocab_size)
     checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
     saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
     with _Preemption() as preemption:
         state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
+        # The teacher is never in the student's checkpoints: placed again on every start.
+        teacher_params = None if teacher is None else trainer.place_teacher(teacher)
+        del teacher
         step = int(state.step)
         data_position = {
             "step": step,
@@ -467,6 +594,20 @@ def train(
             alpha=alpha,
             train_steps=train_steps,
             batch_size=batch_size,
+            teacher=None
+            if distillation is None
+            else {
+                "checkpoint_path": teacher_checkpoint_path,
+                "topk_dir": teacher_topk_dir,
+                "kd_weight": kd_weight,
+                "kd_temperature": kd_temperature,
+                "kd_direction": kd_direction,
+                "kd_tasks": list(trainer.kd_tasks),
+                "dtype": teacher_dtype,
+                "hidden_weight": hidden_weight,
+                "hidden_layers": [list(pair) for pair in hidden_layers],
+                "hidden_kind": hidden_kind,
+            },
         )
         if jax.process_index() == 0:
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
@@ -474,8 +615,9 @@ def train(
 
         validation = Validation(trainer, sides, eval_batch_size, eval_examples)
         loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
+        loop.teacher_params = teacher_params
         loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
-        batches = host_batches(sides, batch_size, seed, data_shards, step, pack)
+        batches = host_batches(sides, batch_size, seed, data_shards, step, pack, topk)
         try:
             state, preempted = loop.run(
                 state, batches, preemption, train_steps, log_period, checkpoint_period, eval_period
@@ -514,6 +656,7 @@ class _Loop:
         self.trainer, self.saved, self.validation = trainer, saved, validation
         self.summaries, self.data_position = summaries, data_position
         self.peak_flops: float | None = None
+        self.teacher_params = None  # placed by `Trainer.place_teacher`, when it distils
         self.last_eval: dict = {}
 
     def _evaluate(self, state: TrainState, progress: Progress) -> dict:
@@ -547,8 +690,9 @@ class _Loop:
             )
             if throughput is None:
                 # Both per device: XLA counts the FLOPs of one device's share of the step.
-                throughput = Throughput(trainer.flops_per_step(state, batch), self.peak_flops)
-            state, metrics = trainer.run_train_step(state, batch)
+                flops = trainer.flops_per_step(state, batch, self.teacher_params)
+                throughput = Throughput(flops, self.peak_flops)
+            state, metrics = trainer.run_train_step(state, batch, self.teacher_params)
             step += 1
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _finite(metrics, step)

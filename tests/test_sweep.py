@@ -55,7 +55,7 @@ def settings(argv: list[str]) -> dict:
     gin_utils.parse(files, bindings)
     names = ("MODE", "LABEL_TASK", "RATIONALE_TASK", "TASK_FEATURE_LENGTHS", "MODEL_DIR")
     names += ("TRAIN_STEPS", "BATCH_SIZE", "ALPHA", "TRAIN_FRACTION", "SEED")
-    names += ("INITIAL_CHECKPOINT_PATH",)
+    names += ("INITIAL_CHECKPOINT_PATH", "TEACHER_CHECKPOINT_PATH", "KD_WEIGHT")
     values = {name: _resolved(gin.query_parameter(f"%{name}")) for name in names}
     values["learning_rate"] = gin.query_parameter("optimizers.adamw.learning_rate")
     return values
@@ -131,6 +131,20 @@ def test_only_selects_and_extra_bindings_come_last():
     assert first[-1] == "--gin.INPUT_LENGTH=256"
     assert first[-3:-1] == ["--gin.TRAIN_FRACTION=0.125", "--gin.SEED=2"]
     assert "dataset=svamp,method=dsbs-llm,size=base,train_fraction=0.125,seed=2" in first[-4]
+
+
+def test_the_distillation_grid_is_the_data_efficiency_runs_with_a_teacher():
+    """synthetic_kd.json: the dsbs-gt runs of synthetic.json at two fractions, plus the KL."""
+    teacher = ["--gin.TEACHER_CHECKPOINT_PATH='/t'", "--gin.KD_WEIGHT=0.5"]
+    commands = dry_run(str(SYNTHETIC_GRID.with_name("synthetic_kd.json")), "--root=/r", *teacher)
+    plain = dry_run(str(SYNTHETIC_GRID), "--root=/r", "--only=method=dsbs-gt")
+    fractions = {"0.125", "0.5"}
+    same = [argv for argv in plain if argv[-1].removeprefix("--gin.TRAIN_FRACTION=") in fractions]
+    assert len(commands) == len(same) == 6
+    assert [argv[:-2] for argv in commands] == same
+    values = settings(commands[0])
+    assert (values["TEACHER_CHECKPOINT_PATH"], values["KD_WEIGHT"]) == ("/t", 0.5)
+    assert values["MODE"] == "dsbs" and values["TRAIN_STEPS"] == 1000
 
 
 @pytest.mark.parametrize(

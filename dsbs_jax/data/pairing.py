@@ -22,6 +22,8 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
+from dsbs_jax.data import topk_store
+
 EXAMPLE_HASH = "example_hash"
 SHUFFLE_BUFFER = 10_000
 Lengths = Mapping[str, int]
@@ -72,6 +74,30 @@ def _check_aligned(batch: dict) -> dict:
         return {name: dict(side) for name, side in batch.items()}
 
 
+def _converter(lengths: Lengths, topk: bool) -> tuple[seqio.FeatureConverter, dict]:
+    """SeqIO's unpacked converter that keeps the example hash (and the top-k features),
+    and the lengths to give it."""
+    passthrough = {EXAMPLE_HASH: seqio.FeatureConverter.FeatureSpec(tf.int64, rank=1)}
+    extra = {EXAMPLE_HASH: 1}
+    if topk:
+        for name, dtype in ((topk_store.IDS, tf.int32), (topk_store.LOGPROBS, tf.float32)):
+            passthrough[name] = seqio.FeatureConverter.FeatureSpec(dtype, rank=2)
+            extra[name] = lengths["targets"]
+    converter = seqio.EncDecFeatureConverter(pack=False, passthrough_features=passthrough)
+    return converter, {**lengths, **extra}
+
+
+def task_examples(task_name: str, split: str, lengths: Lengths) -> tf.data.Dataset:
+    """A task's examples of `split`, converted and unshuffled, once, with their hashes:
+    what an offline teacher scores (`dsbs-annotate --save_topk`)."""
+    task = seqio.get_mixture_or_task(task_name)
+    if not isinstance(task, seqio.Task):
+        raise ValueError(f"{task_name} is a mixture: score its tasks one by one")
+    views = _views(task, split, lengths, 0, None, shuffle=False, num_epochs=1, skip=0)
+    converter, converter_lengths = _converter(lengths, topk=False)
+    return converter(views, converter_lengths)
+
+
 def paired_batches(
     tasks: Mapping[str, tuple[str, Lengths]],
     split: str,
@@ -81,18 +107,18 @@ def paired_batches(
     shuffle: bool = True,
     num_epochs: int | None = None,
     start_step: int = 0,
+    topk: Mapping[str, str] | None = None,
 ) -> tf.data.Dataset:
     """Per step `{side: features}` for `tasks = {side: (task name, feature lengths)}`, all
     sides built from the same `batch_size` examples in the same order.
 
     Every task must keep the same examples of `split` (the dsbs tasks of one dataset do on
     `train`, where the source keeps only parsed teacher outputs); otherwise the alignment
-    check fails.
+    check fails. `topk` maps sides to the root of an offline teacher's top-k stores
+    (`topk_store`): those sides' features gain `teacher_topk_ids` and
+    `teacher_topk_logprobs`, `[targets length, k]` per example.
     """
-    converter = seqio.EncDecFeatureConverter(
-        pack=False,
-        passthrough_features={EXAMPLE_HASH: seqio.FeatureConverter.FeatureSpec(tf.int64, rank=1)},
-    )
+    topk = topk or {}
     sides = {}
     for side, (task_name, lengths) in tasks.items():
         task = seqio.get_mixture_or_task(task_name)
@@ -100,7 +126,11 @@ def paired_batches(
             raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
         skip = start_step * batch_size
         views = _views(task, split, lengths, seed, shard, shuffle, num_epochs, skip)
-        converted = converter(views, {**lengths, EXAMPLE_HASH: 1})
+        if side in topk:
+            store = topk_store.Store(topk[side], task_name, split)
+            views = store.attach(views, EXAMPLE_HASH, lengths["targets"])
+        converter, converter_lengths = _converter(lengths, side in topk)
+        converted = converter(views, converter_lengths)
         sides[side] = converted.batch(batch_size, drop_remainder=True)
     return tf.data.Dataset.zip(sides).map(_check_aligned).prefetch(tf.data.AUTOTUNE)
 

@@ -1,0 +1,113 @@
+"""The offline teacher's top-k store: records written in shards, read back by example hash
+in any order, padded to the run's targets, and the stores that do not fit refused."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dsbs_jax.data import topk_store
+from dsbs_jax.data.topk_store import IDS, LOGPROBS, Store, StoreError, StoreWriter
+
+K, LENGTHS, VOCAB = 3, {"inputs": 8, "targets": 5}, 32
+TEACHER = {"checkpoint": "/teacher"}
+
+
+def _records(count: int, seed: int = 0):
+    """`count` (hash, ids, logprobs) with 1 to 5 target positions each."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(count):
+        length = 1 + i % LENGTHS["targets"]
+        ids = rng.integers(0, VOCAB, (length, K)).astype(np.int32)
+        logprobs = -rng.random((length, K)).astype(np.float32)
+        records.append((1000 + 7 * i, ids, logprobs))
+    return records
+
+
+def _write(root, records, per_shard=2) -> str:
+    writer = StoreWriter(str(root), "task_a", "train", records_per_shard=per_shard)
+    for example_hash, ids, logprobs in records:
+        writer.add(example_hash, ids, logprobs)
+    return writer.close(K, LENGTHS, VOCAB, TEACHER)
+
+
+def _examples(hashes, target_lengths) -> tf.data.Dataset:
+    """Examples as the pairing pipeline carries them: targets and a `[1]` hash."""
+    return tf.data.Dataset.from_generator(
+        lambda: (
+            {"targets": np.arange(1, n + 1, dtype=np.int32), "hash": np.array([h], np.int64)}
+            for h, n in zip(hashes, target_lengths, strict=True)
+        ),
+        output_signature={
+            "targets": tf.TensorSpec([None], tf.int32),
+            "hash": tf.TensorSpec([1], tf.int64),
+        },
+    )
+
+
+def test_records_come_back_by_hash_in_any_order_padded_and_cut_to_the_targets(tmp_path):
+    records = _records(5)
+    path = _write(tmp_path, records)
+    shards = sorted(p.name for p in (tmp_path / "task_a" / "train").iterdir())
+    assert shards == [
+        "hashes.npy",
+        "topk.array_record-00000-of-00003",
+        "topk.array_record-00001-of-00003",
+        "topk.array_record-00002-of-00003",
+        "topk.json",
+    ]
+    metadata = json.loads((tmp_path / "task_a" / "train" / "topk.json").read_text())
+    assert metadata["examples"] == 5 and metadata["k"] == K and metadata["lengths"] == LENGTHS
+    store = Store(str(tmp_path), "task_a", "train")
+    assert store.path == path
+    order = [4, 0, 3, 1, 2]
+    # Each example's targets: its whole record, or fewer positions (a shorter run).
+    target_lengths = [min(len(records[i][1]), 2) if i % 2 else len(records[i][1]) for i in order]
+    hashes = [records[i][0] for i in order]
+    read = list(store.attach(_examples(hashes, target_lengths), "hash", 6).as_numpy_iterator())
+    for i, n, example in zip(order, target_lengths, read, strict=True):
+        _, ids, logprobs = records[i]
+        assert example[IDS].shape == example[LOGPROBS].shape == (6, K)
+        np.testing.assert_array_equal(example[IDS][:n], ids[:n])
+        np.testing.assert_array_equal(example[LOGPROBS][:n], logprobs[:n])
+        assert not example[IDS][n:].any() and not example[LOGPROBS][n:].any()
+
+
+def test_an_example_without_a_record_or_with_longer_targets_stops_the_pipeline(tmp_path):
+    records = _records(3)
+    _write(tmp_path, records)
+    store = Store(str(tmp_path), "task_a", "train")
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match="no record in top-k store .* for the example of hash.*999",
+    ):
+        list(store.attach(_examples([999], [1]), "hash", 5).as_numpy_iterator())
+    too_long = len(records[0][1]) + 1
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="shorter than the targets of its example"
+    ):
+        list(store.attach(_examples([records[0][0]], [too_long]), "hash", 5).as_numpy_iterator())
+
+
+def test_a_store_is_whole_or_absent_and_refuses_runs_it_does_not_fit(tmp_path):
+    with pytest.raises(StoreError, match="no top-k store for task 'task_a', split 'train'"):
+        Store(str(tmp_path), "task_a", "train")
+    writer = StoreWriter(str(tmp_path), "task_a", "train")
+    writer.add(1, np.zeros((1, K), np.int32), np.zeros((1, K), np.float32))
+    with pytest.raises(StoreError, match="example hash 1 appears twice"):
+        writer.add(1, np.zeros((1, K), np.int32), np.zeros((1, K), np.float32))
+    with pytest.raises(StoreError, match="no top-k store"):  # not closed: not there
+        Store(str(tmp_path), "task_a", "train")
+    writer.close(K, LENGTHS, VOCAB, TEACHER)
+    store = Store(str(tmp_path), "task_a", "train")
+    store.check_fits({"inputs": 8, "targets": 3}, VOCAB)  # shorter targets read a prefix
+    for lengths, vocab, message in [
+        ({"inputs": 16, "targets": 5}, VOCAB, "inputs length 16 \\(the store's: 8\\)"),
+        ({"inputs": 8, "targets": 6}, VOCAB, "targets length 6 \\(at most the store's 5\\)"),
+        ({"inputs": 8, "targets": 5}, 64, "vocabulary of 64 tokens \\(the teacher's: 32\\)"),
+    ]:
+        with pytest.raises(StoreError, match=message):
+            store.check_fits(lengths, vocab)
+    assert topk_store.store_dir("root", "t", "s") == "root/t/s"
