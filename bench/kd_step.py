@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 
 import jax
 from common import SIZES, init_params, log, time_in_turns
-from train_step import ALPHA, SCHEDULE_STEPS, Batch, make_batch
+from train_step import ALPHA, SCHEDULE_STEPS, jax_step, make_batch
 
 from dsbs_jax import losses, optimizers, partitioning
 from dsbs_jax.models import T5Config
@@ -42,30 +41,6 @@ from dsbs_jax.trainer import Distillation, Params, Trainer
 
 KD_WEIGHT = 1.0
 TEMPERATURE = 2.0
-
-
-def step_fn(
-    trainer: Trainer, batch: Batch, teacher_params: Params | None = None
-) -> tuple[Callable[[], dict[str, float]], float]:
-    """The trainer's step from a fresh state (seed 0: the same student for both trainers),
-    returning its loss terms, and XLA's FLOPs per device. `train_step.jax_step` takes no
-    teacher, hence this one.
-
-    The state is donated, so each call replaces it with the step's output; blocking on the
-    whole output makes the call's time that of the step."""
-    arrays = partitioning.global_batch(trainer.mesh, batch)
-    state = trainer.create_state(seed=0)
-    extra = () if teacher_params is None else (teacher_params,)
-    flops = trainer.flops_per_step(state, arrays, *extra)
-    if flops is None:
-        raise RuntimeError(f"XLA gives no FLOP count on {jax.devices()[0].platform}")
-
-    def step() -> dict[str, float]:
-        nonlocal state
-        state, metrics = jax.block_until_ready(trainer.run_train_step(state, arrays, *extra))
-        return {name: float(value) for name, value in metrics.items() if name.startswith("loss")}
-
-    return step, flops
 
 
 def random_teacher(trainer: Trainer, config: T5Config, seed: int = 1) -> Params:
@@ -126,16 +101,15 @@ def main() -> None:
     )
     batch = make_batch(config, args.batch, args.inputs, args.rationale, args.label)
 
+    # Both from seed 0: the same student, with and without the teacher.
     log("compiling the step without a teacher")
-    without, flops_without = step_fn(plain, batch)
+    without, flops_without = jax_step(plain, plain.create_state(seed=0), batch)
     log("initialising the teacher; compiling the step with it")
-    with_teacher, flops_with = step_fn(
-        distilling, batch, random_teacher(distilling, teacher_config)
-    )
+    teacher = random_teacher(distilling, teacher_config)
+    with_teacher, flops_with = jax_step(distilling, distilling.create_state(seed=0), batch, teacher)
     contenders = {"without": without, "with": with_teacher}
     for name, fn in contenders.items():
-        terms = ", ".join(f"{term} {value:.4f}" for term, value in fn().items())
-        log(f"first step {name} teacher: {terms}")
+        log(f"first step {name} teacher: loss {fn():.4f}")
 
     log("timing the steps without and with the teacher")
     timings = time_in_turns(contenders, warmup=1, runs=args.steps)

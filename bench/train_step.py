@@ -88,20 +88,23 @@ def make_batch(config: T5Config, batch: int, inputs: int, rationale: int, label:
 
 
 def jax_step(
-    trainer: Trainer, state: TrainState, batch: Batch
+    trainer: Trainer, state: TrainState, batch: Batch, teacher_params=None
 ) -> tuple[Callable[[], float], float]:
-    """Our training step from `state` (returns the loss), and XLA's FLOPs per device.
+    """Our training step from `state` (returns the loss), and XLA's FLOPs per device; with
+    `teacher_params` for a trainer with an online teacher (`bench/kd_step.py`).
 
     The state is donated, so each call replaces it with the step's output; blocking on the
     whole output makes the call's time that of the step."""
     arrays = partitioning.global_batch(trainer.mesh, batch)
-    flops = trainer.flops_per_step(state, arrays)
+    flops = trainer.flops_per_step(state, arrays, teacher_params)
     if flops is None:
         raise RuntimeError(f"XLA gives no FLOP count on {jax.devices()[0].platform}")
 
     def step() -> float:
         nonlocal state
-        state, metrics = jax.block_until_ready(trainer.run_train_step(state, arrays))
+        state, metrics = jax.block_until_ready(
+            trainer.run_train_step(state, arrays, teacher_params)
+        )
         return float(metrics["loss"])
 
     return step, flops

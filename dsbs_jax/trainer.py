@@ -353,15 +353,6 @@ class Trainer:
             yield
 
     @staticmethod
-    def _logits(
-        model: T5,
-        params: Params,
-        features: Mapping[str, jax.Array],
-        dropout_rng: jax.Array | None = None,
-    ) -> jax.Array:
-        return Trainer._forward(model, params, features, dropout_rng)[0]
-
-    @staticmethod
     def _forward(
         model: T5,
         params: Params,
@@ -578,7 +569,7 @@ class Trainer:
     def _eval_sums(self, params: Params, batch: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
         """Teacher-forced summed loss and token count per task (no dropout)."""
         return {
-            task: self._task_sums(self._logits(self.model, params, batch[task]), batch[task])
+            task: self._task_sums(self._forward(self.model, params, batch[task])[0], batch[task])
             for task in batch
         }
 
