@@ -33,7 +33,7 @@ import dataclasses
 
 import jax
 from common import SIZES, init_params, log, time_in_turns
-from train_step import ALPHA, SCHEDULE_STEPS, jax_step, make_batch
+from train_step import ALPHA, SCHEDULE_STEPS, add_batch_arguments, jax_step, make_batch
 
 from dsbs_jax import losses, optimizers, partitioning
 from dsbs_jax.models import T5Config
@@ -56,10 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--teacher", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--batch", type=int, default=16, help="examples per step")
-    parser.add_argument("--inputs", type=int, default=128, help="encoder tokens per example")
-    parser.add_argument("--rationale", type=int, default=64, help="rationale target tokens")
-    parser.add_argument("--label", type=int, default=8, help="label target tokens")
+    add_batch_arguments(parser, batch=16, inputs=128, rationale=64, label=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps each (after warm-up)")
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="student activations"

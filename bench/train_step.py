@@ -87,6 +87,16 @@ def make_batch(config: T5Config, batch: int, inputs: int, rationale: int, label:
     }
 
 
+def add_batch_arguments(
+    parser: argparse.ArgumentParser, batch: int, inputs: int, rationale: int, label: int
+) -> None:
+    """`--batch --inputs --rationale --label`: `make_batch`'s shape, each script's defaults."""
+    parser.add_argument("--batch", type=int, default=batch, help="examples per step")
+    parser.add_argument("--inputs", type=int, default=inputs, help="encoder tokens per example")
+    parser.add_argument("--rationale", type=int, default=rationale, help="rationale target tokens")
+    parser.add_argument("--label", type=int, default=label, help="label target tokens")
+
+
 def jax_step(
     trainer: Trainer, state: TrainState, batch: Batch, teacher_params=None
 ) -> tuple[Callable[[], float], float]:
@@ -174,10 +184,7 @@ def figures(name: str, seconds: float, batch: int, flops: float, peak: float | N
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--batch", type=int, default=16, help="examples per step")
-    parser.add_argument("--inputs", type=int, default=128, help="encoder tokens per example")
-    parser.add_argument("--rationale", type=int, default=64, help="rationale target tokens")
-    parser.add_argument("--label", type=int, default=8, help="label target tokens")
+    add_batch_arguments(parser, batch=16, inputs=128, rationale=64, label=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps each (after warm-up)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--remat", action="store_true", help="rematerialise each layer")
