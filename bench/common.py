@@ -105,7 +105,7 @@ def hf_config(config: T5Config) -> transformers.T5Config:
     fields = hf_config_dict(config) | {
         "feed_forward_proj": "gated-gelu",
         "tie_word_embeddings": False,
-        "dropout_rate": 0.0,
+        "dropout_rate": config.dropout_rate,
     }
     return transformers.T5Config(**fields)
 

@@ -31,6 +31,14 @@ def stand_in_vocabulary(manual_dir: pathlib.Path, directory: pathlib.Path) -> st
     return str(path)
 
 
+def register_cqa(manual_dir: pathlib.Path, directory: pathlib.Path) -> None:
+    """`dsbs_cqa` built into `directory/tfds`, its tasks registered over a stand-in vocabulary."""
+    log("building dsbs_cqa and a stand-in vocabulary")
+    prepare.build("cqa", manual_dir, directory / "tfds")
+    vocabulary = stand_in_vocabulary(manual_dir, directory)
+    tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manual_dir", type=pathlib.Path, default=ROOT.parent / "shared/datasets")
@@ -40,11 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed batches after a warm-up")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        directory = pathlib.Path(directory)
-        log("building dsbs_cqa and a stand-in vocabulary")
-        prepare.build("cqa", args.manual_dir, directory / "tfds")
-        vocabulary = stand_in_vocabulary(args.manual_dir, directory)
-        tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary)
+        register_cqa(args.manual_dir, pathlib.Path(directory))
         lengths = {"inputs": args.inputs, "targets": args.targets}
         batches = pairing.paired_batches(
             {"label": ("dsbs_cqa_label_gt", lengths), "rationale": ("dsbs_cqa_rationale", lengths)},

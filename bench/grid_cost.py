@@ -3,56 +3,81 @@
 The paper's grid (gin/runs/paper/grid.json) restricted to one size: `launch/sweep.py`'s
 `load_grid` and `expand` list its runs, and each run's settings are read from the gin files
 the run reads (the grid's, then its dataset/, method/ and size/ files, following `include`s;
-top-level `NAME = value` lines only, the last one winning, as in gin): its `MODE`, its
-`TASK_FEATURE_LENGTHS`, `BATCH_SIZE`, `TRAIN_STEPS`, `EVAL_PERIOD` and the size file's
-`T5Config.remat`. `--inputs`, `--label`, `--rationale`, `--cot`, `--batch` and `--steps`
-override `INPUT_LENGTH`, `LABEL_LENGTH`, `RATIONALE_LENGTH`, `COT_LENGTH`, `BATCH_SIZE` and
+top-level `NAME = value` lines only, the last one winning, as in gin): its `MODE`,
+`LABEL_TASK`, `RATIONALE_TASK`, `TASK_FEATURE_LENGTHS` (each dataset file's
+`INPUT_LENGTH`, `LABEL_LENGTH`, `RATIONALE_LENGTH`, `COT_LENGTH`), `BATCH_SIZE`,
+`TRAIN_STEPS`, `EVAL_PERIOD`, and `T5Config.remat` and `T5Config.dropout_rate` (paper.gin:
+0.1). `--inputs`, `--label`, `--rationale`, `--cot`, `--batch` and `--steps` override
+`INPUT_LENGTH`, `LABEL_LENGTH`, `RATIONALE_LENGTH`, `COT_LENGTH`, `BATCH_SIZE` and
 `TRAIN_STEPS` for every run, as `--gin.NAME=VALUE` would.
 
-1. FLOPs per step. For each distinct step of the grid (one per mode: `standard`, the label
-   task alone; `dsbs`, the label and rationale tasks of the same inputs; `cot`, the
-   chain-of-thought target fed as the label task) a `Trainer` of that mode (AdamW) is built
-   and its training step compiled for the run's shapes with abstract arguments
-   (`memory.compile_step`: nothing the size of the model is allocated), and XLA's
-   `cost_analysis()` gives its FLOPs, as `Trainer.flops_per_step` reads them. The batch
-   holds only the tasks the mode trains on, unpadded random tokens at the full lengths:
-   the trainer's batches are padded to those lengths, so every step of a run costs the same.
-2. Total = sum over runs of steps x FLOPs per step.
+1. FLOPs per step, two estimates (both by default; `--packed` or `--padded` for one).
+   Each step is one `Trainer` of the run's mode (AdamW; `standard`: the label task alone;
+   `dsbs`: the label and rationale tasks of the same examples; `cot`: the chain-of-thought
+   target fed as the label task) whose training step is compiled for the step's shapes
+   with abstract arguments (`memory.compile_step`: nothing the size of the model is
+   allocated), and XLA's `cost_analysis()` gives its FLOPs, as `Trainer.flops_per_step`
+   reads them. Each distinct step is compiled once.
+   - packed (how `dsbs-train` runs, `train.pack`): a step packs `BATCH_SIZE` examples *on
+     average* into each task's `RowShape(rows, inputs, targets)` rows, sized as the
+     trainer sizes them at start-up: `train.plan_packing` (one device, one shard:
+     `row_multiple=1`, seed 0) from the token lengths of each task's first 2,000 training
+     examples (`train.check_lengths`) under the run's feature lengths. So the step is
+     compiled for those rows with the features `packing.pack_rows` produces (segment ids
+     and positions too), once per distinct (mode, rows). The token lengths come from the
+     release (`--manual_dir`, default ../shared/datasets): each dataset is built
+     (`dsbs_jax.prepare.build`) into a temporary TFDS dir, and tokenized by a STAND-IN
+     vocabulary, an 8,000-piece SentencePiece model trained on the four datasets' text
+     (inputs and teacher outputs of every split of cqa, svamp, esnli, anli1), since T5's
+     own is not on this machine: the token counts, hence the rows, approximate those of
+     T5's 32,000-piece model (not checked against it). The sample release
+     has no e-SNLI or ANLI-R1 training split: for those the VALIDATION split's lengths
+     stand in for train, over its examples whose teacher output parsed, as the training
+     split keeps only those (199 of the sample's 200 in each; the result line says which
+     split each dataset was scanned in). The tasks are registered with `TRAIN_FRACTION`
+     1.0: a run on a fraction scans a random subsample of the same split, so its rows
+     differ only by chance.
+   - padded (`--padded`: the estimate before packing): every example costs the full
+     feature lengths, `BATCH_SIZE` unpadded rows per task at (inputs, targets) with
+     `EncDecFeatureConverter`'s unpacked features, so every step of a run costs the same.
+   Both build their abstract batch with one helper, `step_batch`.
+2. Total = sum over runs of steps x FLOPs per step (per estimate).
 3. Achieved FLOP/s. Our real dsbs training step at `bench/train_step.py`'s default setting
    (T5.1.1-small, batch 16, inputs 128, rationale 64, label 8, float32, `train_step.jax_step`)
    is timed for `--measure-steps` steps after a warm-up (median): its XLA FLOPs over its
    seconds. Device-hours = total FLOPs / achieved FLOP/s / 3600. The assumption: the grid's
-   larger matmuls (T5.1.1-base at batch 64 x 1,024 tokens) run at least as efficiently as
-   small's at 16 x 128, so the figure is an upper bound on this machine's time (its MFU was
-   already 82% of the measured matmul peak, BENCHMARKS.md, so not by much). On a shared
-   machine the step is slowed by whatever else runs: the result line says what the machine's
-   load average was. `--achieved-gflops G` skips the measurement and uses G (say so when
-   quoting it): on a GPU, where small's step says little about base's, take G from
-   `bench/train_step.py --size base --no-torch` there.
+   matmuls run at least as efficiently as small's at 16 x 128, so the figure is an upper
+   bound on this machine's time. On a shared machine the step is slowed by whatever else
+   runs: the result line says what the machine's load average was. `--achieved-gflops G`
+   skips the measurement and uses G (say so when quoting it): on a GPU, where small's step
+   says little about base's, take G from `bench/train_step.py --size base --no-torch` there.
 4. `--assume-tflops T --assume-mfu M` adds device-hours at T x M FLOP/s (say 989 TFLOP/s, an
    H200's dense bfloat16, at 0.4): an assumption, labelled as one, never a measurement.
 
 Evaluation is not in the total. Its share is estimated (unless `--no-eval`) as an upper
-bound: every `EVAL_PERIOD` steps a run computes each task's teacher-forced loss on the
-validation split and greedily decodes its label task there; at the end it decodes validation
-and test again. Each is counted as XLA's FLOPs of `Trainer.eval_step` (the teacher-forced
-forward pass) on batches of 64 at the full lengths, the decoding as the label task's
-forward pass: the incremental decoder does the same matmuls per target token, and does
-fewer when it cuts a batch's input padding or every row has ended, so this bounds it from
-above. Split sizes: `EVAL_EXAMPLES` (the release's, validation held out of train as 10%
-where the release has none).
+bound, padded in both estimates: every `EVAL_PERIOD` steps a run computes each task's
+teacher-forced loss on the validation split and greedily decodes its label task there; at
+the end it decodes validation and test again. Each is counted as XLA's FLOPs of
+`Trainer.eval_step` (the teacher-forced forward pass) on batches of 64 at the full lengths,
+the decoding as the label task's forward pass: the incremental decoder does the same
+matmuls per target token, and does fewer when it cuts a batch's input padding or every row
+has ended, and the trainer packs its validation losses, so this bounds it from above.
+Split sizes: `EVAL_EXAMPLES` (the release's, validation held out of train as 10% where the
+release has none).
 
 `--dtype` is the activations' dtype of the compiled steps (float32 by default, the
 measurement's; the paper's runs compute in bfloat16: the same matmuls, so the count should
 barely move, not checked here). `--steps`, `--batch` and the lengths apply to every run.
-Nothing here imports TensorFlow or PyTorch. Compiling base at 1,024 input tokens takes
-minutes on two cores.
+The packed estimate imports TensorFlow, TFDS and SeqIO (to build and tokenize the data);
+`--padded` alone imports neither, nor PyTorch. Compiling base takes a minute or more per
+step on two cores.
 
 `--model tiny` compiles a tiny model in place of the size's (a smoke test of the script).
 
     python bench/grid_cost.py [--grid gin/runs/paper/grid.json] [--size base] [--model M]
-                              [--batch 64] [--inputs 1024] [--label 32] [--rationale 256]
-                              [--cot 256] [--steps 10000] [--dtype float32] [--no-eval]
+                              [--packed | --padded] [--manual_dir ../shared/datasets]
+                              [--batch 64] [--inputs N] [--label N] [--rationale N]
+                              [--cot N] [--steps 10000] [--dtype float32] [--no-eval]
                               [--measure-steps 3 | --achieved-gflops G]
                               [--assume-tflops 989 --assume-mfu 0.4]
 """
@@ -62,24 +87,32 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import contextlib
 import dataclasses
 import importlib.util
+import itertools
 import math
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
+import numpy as np
 from common import SIZES, log, time_in_turns
 from memory import compile_step
-from train_step import ALPHA, SCHEDULE_STEPS, Batch, jax_step, make_batch
+from train_step import ALPHA, SCHEDULE_STEPS, Batch, jax_step, make_batch, task_features
 
 from dsbs_jax import losses, optimizers, partitioning
+from dsbs_jax.data import packing
+from dsbs_jax.data.packing import RowShape
 from dsbs_jax.trainer import Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_GRID = ROOT / "gin" / "runs" / "paper" / "grid.json"
+DEFAULT_MANUAL_DIR = ROOT.parent / "shared" / "datasets"
 # bench/train_step.py's defaults: the step whose FLOP/s this machine has been measured at.
 MEASURE = {"size": "small", "batch": 16, "inputs": 128, "rationale": 64, "label": 8}
 # dsbs-train's train.eval_batch_size (not bound by the paper's gin files).
@@ -100,6 +133,11 @@ OVERRIDES = {  # flag -> the gin macro it replaces
     "batch": "BATCH_SIZE",
     "steps": "TRAIN_STEPS",
 }
+# The stand-in vocabulary: trained on these datasets' text, as the paper gin's lengths were
+# measured (gin/runs/paper/dataset/*.gin).
+VOCABULARY_DATASETS = ("cqa", "svamp", "esnli", "anli1")
+VOCABULARY_PIECES = 8000
+PACKED, PADDED = "packed", "padded"
 
 
 def import_sweep():
@@ -136,22 +174,32 @@ def resolve(values: Mapping[str, str], name: str) -> object:
     return ast.literal_eval(text)
 
 
+def last_binding(values: Mapping[str, str], suffix: str, default: object) -> object:
+    """The last binding of a parameter whose name ends with `suffix` (any scope), or `default`."""
+    bound = [v for k, v in values.items() if k.endswith(suffix)]
+    return ast.literal_eval(bound[-1]) if bound else default
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """What a run's training step costs depends on only these."""
+    """A run's settings that its padded training step's cost depends on."""
 
     mode: str
     batch: int
     lengths: tuple[tuple[str, int], ...]  # ('inputs', n) and each trained task's target
     remat: bool
+    dropout: float
 
 
 @dataclasses.dataclass(frozen=True)
 class GridRun:
     dataset: str
+    method: str
     shape: Shape
+    tasks: tuple[str, str | None]  # LABEL_TASK, RATIONALE_TASK
     steps: int
     eval_period: int
+    bindings: tuple[str, ...]  # the grid's other axes (TRAIN_FRACTION, SEED): one run each
 
 
 def grid_runs(grid_path: pathlib.Path, size: str, overrides: Mapping[str, int]) -> list[GridRun]:
@@ -164,31 +212,185 @@ def grid_runs(grid_path: pathlib.Path, size: str, overrides: Mapping[str, int]) 
             read_gin(sweep.GIN_DIR / name, values)
         values.update(binding.split("=", 1) for binding in run.bindings)
         values.update({name: repr(value) for name, value in overrides.items()})
-        remat = [v for k, v in values.items() if k.endswith("T5Config.remat")]
         lengths = resolve(values, "TASK_FEATURE_LENGTHS")
         shape = Shape(
             mode=resolve(values, "MODE"),
             batch=resolve(values, "BATCH_SIZE"),
             lengths=tuple(sorted(lengths.items())),
-            remat=ast.literal_eval(remat[-1]) if remat else False,
+            remat=last_binding(values, "T5Config.remat", False),
+            dropout=last_binding(values, "T5Config.dropout_rate", 0.0),
         )
-        dataset = next(pathlib.Path(f).stem for f in run.gin_files if "/dataset/" in f"/{f}")
+        axis = {
+            kind: next(pathlib.Path(f).stem for f in run.gin_files if f"/{kind}/" in f"/{f}")
+            for kind in ("dataset", "method")
+        }
+        tasks = (resolve(values, "LABEL_TASK"), resolve(values, "RATIONALE_TASK"))
         steps, period = resolve(values, "TRAIN_STEPS"), resolve(values, "EVAL_PERIOD")
-        runs.append(GridRun(dataset, shape, steps, period))
+        runs.append(
+            GridRun(axis["dataset"], axis["method"], shape, tasks, steps, period, run.bindings)
+        )
     return runs
 
 
-def step_batch(config, shape: Shape, rows: int, tasks) -> Batch:
-    """Random features of `rows` examples for `tasks`, at the shape's lengths."""
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One compiled step: its trainer's settings and each task's rows, packed or not."""
+
+    mode: str
+    remat: bool
+    dropout: float
+    packed: bool
+    rows: tuple[tuple[str, RowShape], ...]  # (task, rows of that task's features)
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{task} {s.rows} x (inputs {s.inputs}, targets {s.targets})" for task, s in self.rows
+        )
+
+
+def padded_step(shape: Shape, rows: int | None = None, tasks: Iterable[str] | None = None) -> Step:
+    """The step of `rows` (default: the batch) examples padded to the shape's full lengths,
+    for `tasks` (default: those the mode trains on)."""
     lengths = dict(shape.lengths)
-    batch = make_batch(
-        config,
-        rows,
-        lengths["inputs"],
-        lengths.get(losses.RATIONALE, 1),
-        lengths[losses.LABEL],
-    )
-    return {task: batch[task] for task in tasks}
+    tasks = losses.task_weights(shape.mode, ALPHA) if tasks is None else tasks
+    rows = shape.batch if rows is None else rows
+    shapes = tuple((task, RowShape(rows, lengths["inputs"], lengths[task])) for task in tasks)
+    return Step(shape.mode, shape.remat, shape.dropout, False, shapes)
+
+
+def packed_step(shape: Shape, rows: Mapping[str, RowShape]) -> Step:
+    return Step(shape.mode, shape.remat, shape.dropout, True, tuple(rows.items()))
+
+
+def step_batch(step: Step) -> Batch:
+    """Abstract features of the step's rows (`jax.ShapeDtypeStruct`s), each task's names and
+    dtypes those its batches have: `packing.pack_rows`' when packed (segment ids and
+    positions too), else unpacked `EncDecFeatureConverter` features (`train_step.
+    task_features`, as `make_batch` builds them). `encoder_*` features are `[rows, inputs]`,
+    `decoder_*` ones `[rows, targets]`."""
+    if step.packed:
+        template = packing.pack_rows([], RowShape(1, 1, 1))
+    else:
+        token = np.zeros((1, 1), np.int32)
+        template = task_features(token, token)
+    return {
+        task: {
+            name: jax.ShapeDtypeStruct(
+                (s.rows, s.inputs if name.startswith("encoder_") else s.targets), x.dtype
+            )
+            for name, x in template.items()
+        }
+        for task, s in step.rows
+    }
+
+
+# -------------------------------------------------------------------------------------------
+# Token lengths (TensorFlow, TFDS and SeqIO are imported here only)
+# -------------------------------------------------------------------------------------------
+
+
+def stand_in_vocabulary(manual_dir: pathlib.Path, directory: pathlib.Path) -> str:
+    """An 8,000-piece SentencePiece model trained on every split's inputs and teacher
+    outputs of the four datasets (`bench/data.py`'s stand-in, on all their text)."""
+    from dsbs_jax.data import release, vocabulary
+
+    texts = []
+    for dataset in VOCABULARY_DATASETS:
+        for examples in release.read_dataset(manual_dir, dataset).values():
+            texts += [e.input for e in examples] + [e.teacher_output for e in examples]
+    path = directory / "spm.model"
+    path.write_bytes(vocabulary.train_sentencepiece(texts, vocab_size=VOCABULARY_PIECES))
+    return str(path)
+
+
+def scan_split(
+    sides: Mapping[str, tuple[str, Mapping[str, int]]], split: str, parsed_task: str
+) -> dict[str, np.ndarray]:
+    """`train.check_lengths`' `[n, 2]` (inputs, targets) token lengths per side, from `split`:
+    check_lengths itself for the training split (truncation allowed: `plan_rows` clips to
+    the caps, as the trainer would), the same scan of another split otherwise, over the
+    examples whose teacher output parsed (those of `parsed_task`, a rationale task), as the
+    training split's source keeps only those: so every side scans the same examples."""
+    import seqio
+
+    from dsbs_jax import train
+
+    if split == train.TRAIN:
+        return train.check_lengths(sides, allow_truncation=True)
+
+    def examples(name: str) -> Iterator[dict]:
+        task = seqio.get_mixture_or_task(name)
+        return task.get_dataset(None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator()
+
+    parsed = {example["id"] for example in examples(parsed_task)}
+    scanned = {}
+    for side, (name, _) in sides.items():
+        kept = (e for e in examples(name) if e["id"] in parsed)
+        lengths = [
+            (len(e["inputs"]), len(e["targets"]))
+            for e in itertools.islice(kept, train.LENGTH_SCAN_EXAMPLES)
+        ]
+        if not lengths:
+            raise SystemExit(f"task {name!r} has no {split} examples with a parsed teacher output")
+        scanned[side] = np.array(lengths, np.int64)
+    return scanned
+
+
+def packed_rows(
+    runs: Sequence[GridRun], manual_dir: pathlib.Path
+) -> tuple[dict[GridRun, dict[str, RowShape]], dict[str, str]]:
+    """Each run's packed rows per step as `dsbs-train` would size them (module docstring),
+    and the split each dataset's token lengths were scanned in."""
+    import seqio
+
+    import tasks
+    from dsbs_jax import prepare, train
+    from tasks.naming import task_name
+
+    datasets = sorted({run.dataset for run in runs})
+    rows, splits, plans = {}, {}, {}
+    with tempfile.TemporaryDirectory() as directory:
+        directory = pathlib.Path(directory)
+        log(f"building {', '.join(datasets)} from {manual_dir} and a stand-in vocabulary")
+        with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress to stdout
+            for dataset in datasets:
+                prepare.build(dataset, manual_dir, directory / "tfds")
+        vocabulary = stand_in_vocabulary(manual_dir, directory)
+        specs = [spec for spec in tasks.DATASETS if spec.name in datasets]
+        tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary, datasets=specs)
+        for run in runs:
+            label, rationale = run.tasks
+            sides = train.task_lengths(run.shape.mode, label, rationale, dict(run.shape.lengths))
+            split = splits.setdefault(
+                run.dataset,
+                train.TRAIN
+                if train.TRAIN in seqio.get_mixture_or_task(label).splits
+                else train.VALIDATION,
+            )
+            key = (
+                run.shape.batch,
+                split,
+                tuple((side, task, tuple(n.items())) for side, (task, n) in sides.items()),
+            )
+            if key not in plans:
+                scanned = scan_split(sides, split, task_name(run.dataset, "rationale"))
+                plans[key] = train.plan_packing(sides, scanned, run.shape.batch, 1, seed=0)
+                longest = ", ".join(
+                    f"{side} {tuple(int(v) for v in scanned[side].max(axis=0))} of "
+                    f"{len(scanned[side])}"
+                    for side in sides
+                )
+                log(
+                    f"{run.dataset} {run.method} ({split}, longest (inputs, targets) {longest}): "
+                    + train.describe_packing(plans[key], sides, run.shape.batch, 1)
+                )
+            rows[run] = plans[key]
+    return rows, splits
+
+
+# -------------------------------------------------------------------------------------------
+# FLOPs
+# -------------------------------------------------------------------------------------------
 
 
 def xla_flops(compiled: jax.stages.Compiled) -> float:
@@ -201,47 +403,51 @@ def xla_flops(compiled: jax.stages.Compiled) -> float:
 
 
 class StepCosts:
-    """FLOPs of the training and evaluation steps of a model size, compiled once per shape."""
+    """FLOPs of the training and evaluation steps of a model size, compiled once per step."""
 
     def __init__(self, size: str, dtype: str):
         self.size, self.dtype = size, dtype
         self.mesh = partitioning.make_mesh()
-        self._eval: dict[tuple, float] = {}
+        self._train: dict[Step, float] = {}
+        self._eval: dict[Step, float] = {}
 
-    def trainer(self, shape: Shape) -> Trainer:
-        config = dataclasses.replace(SIZES[self.size], dtype=self.dtype, remat=shape.remat)
-        weights = losses.task_weights(shape.mode, ALPHA)
+    def trainer(self, step: Step) -> Trainer:
+        config = dataclasses.replace(
+            SIZES[self.size], dtype=self.dtype, remat=step.remat, dropout_rate=step.dropout
+        )
+        weights = losses.task_weights(step.mode, ALPHA)
         return Trainer(config, optimizers.adamw(SCHEDULE_STEPS), self.mesh, weights)
 
-    def train(self, shape: Shape) -> float:
-        trainer = self.trainer(shape)
-        batch = step_batch(trainer.config, shape, shape.batch, trainer.task_weights)
-        return xla_flops(compile_step(trainer, batch)) * jax.device_count()
+    def train(self, step: Step) -> float:
+        if step not in self._train:
+            kind = PACKED if step.packed else PADDED
+            log(f"compiling the {self.size} {step.mode} step, {kind}: {step.describe()}")
+            compiled = compile_step(self.trainer(step), step_batch(step))
+            self._train[step] = xla_flops(compiled) * jax.device_count()
+            log(f"  {self._train[step] / 1e12:.3f} TFLOP/step")
+        return self._train[step]
 
-    def eval_step(self, shape: Shape, tasks) -> float:
-        """FLOPs of `Trainer.eval_step` on a batch of EVAL_BATCH rows of `tasks`."""
-        trainer = self.trainer(shape)
-        batch = step_batch(trainer.config, shape, EVAL_BATCH, tasks)
-        key = tuple((task, f["decoder_target_tokens"].shape) for task, f in batch.items())
-        key += (batch[next(iter(batch))]["encoder_input_tokens"].shape, shape.remat)
-        if key not in self._eval:
+    def eval_step(self, step: Step) -> float:
+        """FLOPs of `Trainer.eval_step` on the step's (padded) rows."""
+        if step not in self._eval:
+            trainer = self.trainer(step)
             params = partitioning.abstract_arrays(
                 trainer.abstract_state.params, trainer.params_sharding
             )
+            batch = step_batch(step)
             arrays = partitioning.abstract_arrays(batch, partitioning.batch_sharding(self.mesh))
             with trainer.scope():
                 compiled = trainer.eval_step.lower(params, arrays).compile()
-            self._eval[key] = xla_flops(compiled) * jax.device_count()
-        return self._eval[key]
+            self._eval[step] = xla_flops(compiled) * jax.device_count()
+        return self._eval[step]
 
     def eval_per_run(self, run: GridRun) -> float | None:
         """Upper bound of one run's evaluation FLOPs (module docstring); None for a dataset
         of unknown split sizes."""
         if run.dataset not in EVAL_EXAMPLES:
             return None
-        tasks = tuple(losses.task_weights(run.shape.mode, ALPHA))
-        loss = self.eval_step(run.shape, tasks)
-        decode = self.eval_step(run.shape, (losses.LABEL,))
+        loss = self.eval_step(padded_step(run.shape, EVAL_BATCH))
+        decode = self.eval_step(padded_step(run.shape, EVAL_BATCH, (losses.LABEL,)))
         validation, test = (math.ceil(n / EVAL_BATCH) for n in EVAL_EXAMPLES[run.dataset])
         periodic = math.ceil(run.steps / run.eval_period)  # the last step always evaluates
         return periodic * validation * (loss + decode) + (validation + test) * decode
@@ -282,12 +488,40 @@ def duration(seconds: float) -> str:
     return f"{hours:,.0f} device-hours{years}"
 
 
+def mean_per_step(runs: Iterable[GridRun], flops: Mapping[GridRun, float]) -> float:
+    """FLOPs per step averaged over `runs`, weighted by their steps."""
+    runs = list(runs)
+    return sum(run.steps * flops[run] for run in runs) / sum(run.steps for run in runs)
+
+
+def dataset_lengths(runs: Iterable[GridRun]) -> str:
+    """A dataset's feature lengths as its runs use them: inputs, and each target's."""
+    lengths = {}
+    for run in runs:
+        for name, value in run.shape.lengths:
+            lengths["cot" if run.shape.mode == "cot" and name == losses.LABEL else name] = value
+    return " ".join(f"{name} {value}" for name, value in lengths.items())
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", type=pathlib.Path, default=DEFAULT_GRID)
     parser.add_argument("--size", default="base", help="the grid's size axis value")
     parser.add_argument(
         "--model", choices=sorted(SIZES), help="compile this model instead (tiny: a smoke test)"
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--packed", action="store_true", help="the packed estimate alone")
+    only.add_argument(
+        "--padded",
+        action="store_true",
+        help="the padded estimate alone (every example at the full lengths; no data needed)",
+    )
+    parser.add_argument(
+        "--manual_dir",
+        type=pathlib.Path,
+        default=DEFAULT_MANUAL_DIR,
+        help="the paper's release, for the packed estimate's token lengths",
     )
     for flag, macro in OVERRIDES.items():
         parser.add_argument(f"--{flag}", type=int, help=f"overrides {macro} (default: the gin)")
@@ -319,48 +553,89 @@ def main() -> None:
         raise SystemExit(f"--size {args.size}: no such model in common.SIZES; pass --model")
     if not runs:
         raise SystemExit(f"{args.grid}: no runs of size {args.size}")
-    by_shape = collections.Counter(run.shape for run in runs)
-    log(
-        f"{len(runs)} runs of size {args.size}: "
-        + ", ".join(f"{n} x {shape}" for shape, n in by_shape.items())
-    )
+    estimates = [PACKED] if args.packed else [PADDED] if args.padded else [PACKED, PADDED]
+    modes = collections.Counter(run.shape.mode for run in runs)
+    datasets = list(dict.fromkeys(run.dataset for run in runs))
+    log(f"{len(runs)} runs of size {args.size}: " + ", ".join(f"{m} {n}" for m, n in modes.items()))
+
+    steps: dict[str, dict[GridRun, Step]] = {}
+    splits: dict[str, str] = {}
+    if PACKED in estimates:
+        rows, splits = packed_rows(runs, args.manual_dir)
+        steps[PACKED] = {run: packed_step(run.shape, rows[run]) for run in runs}
+    if PADDED in estimates:
+        steps[PADDED] = {run: padded_step(run.shape) for run in runs}
 
     costs = StepCosts(model, args.dtype)
-    per_step = {}
-    for shape in by_shape:
-        lengths = dict(shape.lengths)
-        log(f"compiling the {model} {shape.mode} step ({lengths}, batch {shape.batch})")
-        per_step[shape] = costs.train(shape)
-        log(f"  {per_step[shape] / 1e12:.2f} TFLOP/step")
-    total = sum(run.steps * per_step[run.shape] for run in runs)
+    flops = {
+        kind: {run: costs.train(step) for run, step in by_run.items()}
+        for kind, by_run in steps.items()
+    }
+    totals = {kind: sum(run.steps * by_run[run] for run in runs) for kind, by_run in flops.items()}
+    compiled = {kind: len(set(by_run.values())) for kind, by_run in steps.items()}
 
+    def of(dataset: str | None = None, mode: str | None = None) -> list[GridRun]:
+        return [r for r in runs if dataset in (None, r.dataset) and mode in (None, r.shape.mode)]
+
+    def per_step(selected: Iterable[GridRun]) -> str:
+        selected = list(selected)
+        return " / ".join(
+            f"{mean_per_step(selected, flops[kind]) / 1e12:.2f}" for kind in estimates
+        )
+
+    kinds = " / ".join(estimates)
+    batch = "/".join(sorted({f"{run.shape.batch}" for run in runs}))
     parts = [
         f"grid cost {os.path.relpath(args.grid, ROOT)} size={args.size} "
         + (f"model={model} " if model != args.size else "")
-        + f"dtype={args.dtype}",
+        + f"dtype={args.dtype} dropout="
+        + "/".join(sorted({f"{run.shape.dropout:g}" for run in runs})),
         "runs "
-        + ", ".join(f"{shape.mode} {n}" for shape, n in by_shape.items())
+        + ", ".join(f"{mode} {n}" for mode, n in modes.items())
         + f" ({len(runs)}) x "
         + "/".join(sorted({f"{run.steps}" for run in runs}))
-        + " steps",
-        "TFLOP/step (XLA cost_analysis): "
-        + ", ".join(
-            f"{shape.mode} {per_step[shape] / 1e12:.2f} "
-            f"(batch {shape.batch}, {' '.join(f'{k} {v}' for k, v in shape.lengths)})"
-            for shape in by_shape
-        ),
-        f"training total {engineering(total)} ({total:.3g} FLOP)",
+        + f" steps of {batch} examples"
+        + (" (packed: on average)" if PACKED in estimates else ""),
     ]
+    if PACKED in estimates:
+        stand_ins = any(split != "train" for split in splits.values())
+        parts.append(
+            "packed rows from the token lengths of the first 2,000 examples of "
+            + ", ".join(f"{dataset} {splits[dataset]}" for dataset in datasets)
+            + f" (a stand-in {VOCABULARY_PIECES}-piece vocabulary"
+            + ("; validation: no train split here, its lengths stand in" if stand_ins else "")
+            + ")"
+        )
+    parts.append(
+        f"TFLOP/step {kinds} (XLA cost_analysis, a mode's mean over its runs; "
+        + ", ".join(f"{kind} {n} steps compiled" for kind, n in compiled.items())
+        + "): "
+        + ", ".join(f"{mode} {per_step(of(mode=mode))}" for mode in modes)
+    )
+    parts.append(
+        f"by dataset, TFLOP/step {kinds}: "
+        + "; ".join(
+            f"{dataset} ({dataset_lengths(of(dataset=dataset))}) "
+            + ", ".join(f"{mode} {per_step(of(dataset=dataset, mode=mode))}" for mode in modes)
+            for dataset in datasets
+        )
+    )
+    total_text = ", ".join(
+        f"{kind} {engineering(total)} ({total:.3g} FLOP)" for kind, total in totals.items()
+    )
+    if len(totals) == 2:
+        total_text += f": packed = {totals[PACKED] / totals[PADDED]:.3f} x padded"
+    parts.append(f"training total {total_text}")
 
     if not args.no_eval:
-        log("compiling the evaluation steps (teacher-forced forward passes)")
+        log("compiling the evaluation steps (teacher-forced forward passes, padded)")
         evals = [costs.eval_per_run(run) for run in runs]
         known = [e for e in evals if e is not None]
         unknown = len(evals) - len(known)
-        share = sum(known) / total
         parts.append(
-            f"evaluation (excluded, upper bound) {engineering(sum(known))} = {share:.1%} of "
-            f"training"
+            f"evaluation (excluded, upper bound) {engineering(sum(known))} = "
+            + ", ".join(f"{sum(known) / total:.1%} of {kind}" for kind, total in totals.items())
+            + " training"
             + (f", {unknown} runs of unknown split sizes not counted" if unknown else "")
         )
 
@@ -370,12 +645,16 @@ def main() -> None:
         gflops, note = measure_gflops(args.measure_steps)
     platform = jax.devices()[0].platform
     parts.append(note)
-    parts.append(f"this {platform}: {duration(total / (gflops * 1e9))} (training)")
+    parts.append(
+        f"this {platform} (training): "
+        + ", ".join(f"{kind} {duration(t / (gflops * 1e9))}" for kind, t in totals.items())
+    )
     if args.assume_tflops:
         rate = args.assume_tflops * 1e12 * args.assume_mfu
         parts.append(
             f"ASSUMED, not measured: {args.assume_tflops:g} TFLOP/s x {args.assume_mfu:.0%} MFU "
-            f"= {rate / 1e12:.0f} TFLOP/s per device: {duration(total / rate)}"
+            f"= {rate / 1e12:.0f} TFLOP/s per device: "
+            + ", ".join(f"{kind} {duration(t / rate)}" for kind, t in totals.items())
         )
     print(" | ".join(parts))
 

@@ -36,7 +36,7 @@ class Progress:
         elapsed = time.monotonic() - self.start_time
         return (step - self.start_step) / elapsed if elapsed > 0 else 0.0
 
-    def update(self, step: int, loss: float, examples_per_step: int, force: bool = False) -> None:
+    def update(self, step: int, loss: float, examples_per_step: float, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last_print < self.period:
             return
@@ -56,28 +56,43 @@ class Progress:
 
 
 class Throughput:
-    """Examples/s, tokens/s and model FLOPs utilisation of the steps between two calls."""
+    """Examples/s, tokens/s, examples per step, token positions computed per example and
+    model FLOPs utilisation of the steps between two reads; and the mean examples per step
+    of all steps added."""
 
     def __init__(self, flops_per_step: float | None, peak_flops: float | None):
         self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
-        self.time, self.steps, self.examples, self.tokens = time.monotonic(), 0, 0, 0
+        self.time = time.monotonic()
+        self.steps = self.examples = self.tokens = self.positions = 0
+        self.total_steps = self.total_examples = 0
 
-    def add(self, examples: int, tokens: int) -> None:
-        self.steps, self.examples, self.tokens = (
-            self.steps + 1,
-            self.examples + examples,
-            self.tokens + tokens,
-        )
+    def add(self, examples: int, tokens: int, positions: int) -> None:
+        """One step: its examples, real tokens and token positions (padding included)."""
+        self.steps += 1
+        self.examples += examples
+        self.tokens += tokens
+        self.positions += positions
+        self.total_steps += 1
+        self.total_examples += examples
+
+    @property
+    def mean_examples(self) -> float:
+        return self.total_examples / max(self.total_steps, 1)
 
     def read(self) -> dict[str, float]:
         """Figures since the last read, then start counting afresh."""
         now = time.monotonic()
         elapsed = max(now - self.time, 1e-9)
-        figures = {"examples_per_second": self.examples / elapsed}
-        figures["tokens_per_second"] = self.tokens / elapsed
+        figures = {
+            "examples_per_second": self.examples / elapsed,
+            "tokens_per_second": self.tokens / elapsed,
+            "examples_per_step": self.examples / max(self.steps, 1),
+            "positions_per_example": self.positions / max(self.examples, 1),
+        }
         if self.flops_per_step and self.peak_flops:
             figures["mfu"] = self.steps * self.flops_per_step / elapsed / self.peak_flops
-        self.time, self.steps, self.examples, self.tokens = now, 0, 0, 0
+        self.time = now
+        self.steps = self.examples = self.tokens = self.positions = 0
         return figures
 
 

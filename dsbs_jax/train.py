@@ -17,6 +17,7 @@ MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under `train/` and
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,7 +31,13 @@ import tensorflow as tf
 import gin
 from dsbs_jax import checkpoints, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
-from dsbs_jax.data.pairing import EXAMPLE_HASH, independent_batches, paired_batches
+from dsbs_jax.data import packing
+from dsbs_jax.data.pairing import (
+    EXAMPLE_HASH,
+    independent_batches,
+    packed_paired_batches,
+    paired_batches,
+)
 from dsbs_jax.evaluation import TaskEvaluator, padded_batches
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
@@ -44,6 +51,7 @@ Lengths = Mapping[str, int]
 TRAIN, VALIDATION = "train", "validation"
 EVAL_DIR = "eval"  # the final evaluation's results, laid out as dsbs-eval's
 LENGTH_SCAN_EXAMPLES = 2000
+CONSUMED = "examples"  # the data position's per-shard count of examples trained on
 
 
 class NonFiniteLoss(RuntimeError):
@@ -111,7 +119,10 @@ def check_batch(
     mesh: jax.sharding.Mesh,
     num_microbatches: int,
     shards: int,
+    packed: bool,
 ) -> None:
+    """Padded batches split their examples over the data axis and microbatches; packed
+    ones split their rows, whose number `row_multiple` makes fit."""
     data_devices = mesh.shape[partitioning.DATA]
     hosts = jax.process_count()
     if eval_batch_size % data_devices:
@@ -119,7 +130,7 @@ def check_batch(
             f"train.eval_batch_size {eval_batch_size} must be a multiple of the data axis "
             f"({data_devices} devices)"
         )
-    if batch_size % (data_devices * num_microbatches):
+    if not packed and batch_size % (data_devices * num_microbatches):
         raise ConfigError(
             f"BATCH_SIZE {batch_size} must be a multiple of the data axis ({data_devices} "
             f"devices) times num_microbatches ({num_microbatches})"
@@ -142,10 +153,14 @@ def check_splits(task_name: str, splits: Sequence[str]) -> None:
             )
 
 
-def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bool) -> None:
+def check_lengths(
+    sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bool
+) -> dict[str, np.ndarray]:
     """Stop before training if the feature lengths truncate examples of the training split
-    (scanning up to `LENGTH_SCAN_EXAMPLES` of each task), unless truncation is allowed."""
-    problems = []
+    (scanning up to `LENGTH_SCAN_EXAMPLES` of each task), unless truncation is allowed.
+    Returns each side's `[n, 2]` (inputs, targets) token lengths of the scanned examples
+    (the same examples for every side of a paired run): what packed rows are sized by."""
+    problems, scanned = [], {}
     for side, (name, lengths) in sides.items():
         task = seqio.get_mixture_or_task(name)
         dataset = task.get_dataset(None, split=TRAIN, shuffle=False, num_epochs=1)
@@ -164,6 +179,7 @@ def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bo
                     f"than {limit} tokens (longest {max(sizes[feature])}); raise "
                     f"TASK_FEATURE_LENGTHS['{key}']"
                 )
+        scanned[side] = np.stack([sizes["inputs"], sizes["targets"]], axis=1)
     if problems and not allow_truncation:
         raise ConfigError(
             "feature lengths would truncate examples:\n  "
@@ -172,6 +188,48 @@ def check_lengths(sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bo
         )
     for problem in problems:
         logging.warning("truncating: %s", problem)
+    return scanned
+
+
+def plan_packing(
+    sides: Mapping[str, tuple[str, Lengths]],
+    scanned: Mapping[str, np.ndarray],
+    examples: int,
+    row_multiple: int,
+    seed: int,
+) -> dict[str, packing.RowShape]:
+    """Each side's packed rows for steps of `examples` examples on average (one shard's
+    share of a step), sized from the scanned training lengths."""
+    caps = {side: (lengths["inputs"], lengths["targets"]) for side, (_, lengths) in sides.items()}
+    return packing.plan_rows(
+        {side: scanned[side] for side in sides}, caps, examples, row_multiple, seed
+    )
+
+
+def row_multiple(mesh: jax.sharding.Mesh, num_microbatches: int, shards: int) -> int:
+    """What one shard's packed rows per step must be a multiple of, so that a step's rows
+    (all shards') split evenly over the data axis and the microbatches."""
+    needed = mesh.shape[partitioning.DATA] * num_microbatches
+    return needed // math.gcd(needed, shards)
+
+
+def describe_packing(
+    shapes: Mapping[str, packing.RowShape],
+    sides: Mapping[str, tuple[str, Lengths]],
+    batch_size: int,
+    shards: int,
+) -> str:
+    """The packed rows a step trains on, against what padding every example costs."""
+    rows = ", ".join(
+        f"{side} {shape.rows * shards} x (inputs {shape.inputs}, targets {shape.targets})"
+        for side, shape in shapes.items()
+    )
+    packed = sum(shape.positions() for shape in shapes.values()) * shards / batch_size
+    padded = sum(lengths["inputs"] + lengths["targets"] for _, lengths in sides.values())
+    return (
+        f"packing {batch_size} examples per step on average into rows of {rows}: "
+        f"{packed:.0f} token positions per example (padded to the feature lengths: {padded})"
+    )
 
 
 def check_distillation(
@@ -249,48 +307,69 @@ def _model_features(side: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in side.items() if k != EXAMPLE_HASH}
 
 
+def all_tasks(sides: Mapping[str, tuple[str, Lengths]]) -> bool:
+    """Whether every side is a task (trained paired), not a mixture (sampled apart)."""
+    return all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in sides.values())
+
+
 def host_batches(
     sides: Mapping[str, tuple[str, Lengths]],
     batch_size: int,
     seed: int,
     data_shards: int,
-    start_step: int,
+    consumed: Sequence[int],
     pack: bool,
     topk: Mapping[str, str] | None = None,
-) -> Iterator[dict]:
-    """This host's rows of each global batch. The training split is read as `data_shards`
-    shards, each contributing `batch_size / data_shards` rows per step; a host reads its
-    contiguous run of shards. For a given `data_shards`, the global batch is therefore the
-    same whatever the number of hosts, and a restart at `start_step` continues the same
-    stream."""
-    paired = all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in sides.values())
+    shapes: Mapping[str, packing.RowShape] | None = None,
+) -> Iterator[tuple[dict, list[int]]]:
+    """This host's rows of each global batch, and the examples each of its shards put in
+    the step. The training split is read as `data_shards` shards, each contributing
+    `batch_size / data_shards` examples per step, padded, or with `pack` packed into
+    `shapes` rows (that many on average); a host reads its contiguous run of shards,
+    shard `i` from its `consumed[i]`-th example on. For a given `data_shards`, the global
+    batch is therefore the same whatever the number of hosts, and a restart continues the
+    same stream.
+
+    Sides that are mixtures are sampled independently (`independent_batches`: with `pack`,
+    SeqIO's packing into `batch_size` rows) and restart by replaying `consumed[i] / rows` steps."""
+    paired = all_tasks(sides)
     per_host = data_shards // jax.process_count()
     first = jax.process_index() * per_host
+    rows = batch_size // data_shards
     streams = []
     for shard in range(first, first + per_host):
         info = seqio.ShardInfo(index=shard, num_shards=data_shards)
-        rows = batch_size // data_shards
-        if paired:
+        start = consumed[shard]
+        if paired and pack:
             streams.append(
-                paired_batches(sides, TRAIN, rows, seed, info, start_step=start_step, topk=topk)
+                packed_paired_batches(
+                    sides, TRAIN, shapes, seed, info, start_example=start, topk=topk
+                )
+            )
+            continue
+        if paired:
+            dataset = paired_batches(
+                sides, TRAIN, rows, seed, info, start_step=start // rows, topk=topk
             )
         else:
-            streams.append(independent_batches(sides, TRAIN, rows, seed, info, pack, start_step))
-    iterators = [stream.as_numpy_iterator() for stream in streams]
+            dataset = independent_batches(sides, TRAIN, rows, seed, info, pack, start // rows)
+        streams.append((batch, rows) for batch in dataset.as_numpy_iterator())
     while True:
-        parts = [next(iterator) for iterator in iterators]
-        yield {
-            side: {k: np.concatenate([p[side][k] for p in parts]) for k in parts[0][side]}
-            for side in parts[0]
-        }
+        parts, counts = zip(*(next(stream) for stream in streams), strict=True)
+        yield (
+            {
+                side: {k: np.concatenate([p[side][k] for p in parts]) for k in parts[0][side]}
+                for side in parts[0]
+            },
+            list(counts),
+        )
 
 
-def _count_tokens(batch: Mapping[str, Mapping[str, np.ndarray]]) -> int:
-    return sum(
-        int(np.count_nonzero(features[name]))
-        for features in batch.values()
-        for name in ("encoder_input_tokens", "decoder_target_tokens")
-    )
+def _count_tokens(batch: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[int, int]:
+    """The batch's real tokens, and the token positions a step computes (padding too)."""
+    names = ("encoder_input_tokens", "decoder_target_tokens")
+    features = [side[name] for side in batch.values() for name in names]
+    return sum(int(np.count_nonzero(f)) for f in features), sum(f.size for f in features)
 
 
 # -------------------------------------------------------------------------------------------
@@ -308,20 +387,41 @@ class Validation:
         sides: Mapping[str, tuple[str, Lengths]],
         batch_size: int,
         num_examples: int | None,
+        shapes: Mapping[str, packing.RowShape] | None = None,
     ):
         self.trainer, self.batch_size, self.sides = trainer, batch_size, sides
         self.loss_batches = {
-            side: list(self._loss_dataset(name, lengths, num_examples))
+            side: list(self._loss_dataset(name, lengths, num_examples, shapes and shapes.get(side)))
             for side, (name, lengths) in sides.items()
         }
         name, lengths = sides[losses.LABEL]
         self.label = TaskEvaluator(name, VALIDATION, lengths, batch_size, num_examples)
 
-    def _loss_dataset(self, name: str, lengths: Lengths, num_examples: int | None):
-        """Padded batches of each task of `name` (a mixture's tasks one after another, in
-        full: sampling a mixture would stop at its first exhausted task)."""
+    def _loss_dataset(
+        self,
+        name: str,
+        lengths: Lengths,
+        num_examples: int | None,
+        shape: packing.RowShape | None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of each task of `name` (a mixture's tasks one after another, in full:
+        sampling a mixture would stop at its first exhausted task), packed into `shape`'s
+        rows, or padded batches of `batch_size` examples without a shape."""
         for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
             if VALIDATION not in task.splits:
+                continue
+            if shape is not None:
+                examples = task.get_dataset(
+                    dict(lengths), split=VALIDATION, shuffle=False, num_epochs=1
+                )
+                if num_examples:
+                    examples = examples.take(num_examples)
+                stream = (
+                    {"task": {k: ex[k] for k in ("inputs", "targets")}}
+                    for ex in examples.as_numpy_iterator()
+                )
+                for batch, _ in packing.pack_steps(stream, {"task": shape}):
+                    yield batch["task"]
                 continue
             dataset = seqio.get_dataset(
                 task.name,
@@ -408,10 +508,13 @@ class _Preemption:
         del signum, frame
         self.requested = True
 
-    def reached(self) -> bool:
-        """True on every host once any host was asked to stop."""
+    def reached(self, step: int, period: int) -> bool:
+        """True on every host once any host was asked to stop. Several hosts agree on it
+        every `period` steps only: asking is a collective, which would wait for the step."""
         if jax.process_count() == 1:
             return self.requested
+        if step % period:
+            return False
         flags = partitioning.gather(np.array([self.requested]))
         return bool(np.any(flags))
 
@@ -479,7 +582,7 @@ def train(
     final_eval_splits: Sequence[str] = (VALIDATION,),
     log_period: int = 10,
     data_shards: int | None = None,
-    pack: bool = False,
+    pack: bool = True,
     allow_truncation: bool = False,
     peak_flops_per_device: float | None = None,
     teacher_checkpoint_path: str | None = None,
@@ -521,8 +624,25 @@ def train(
     sides = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
     check_splits(sides[losses.LABEL][0], final_eval_splits)
     data_shards = data_shards or jax.process_count()
-    check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards)
-    check_lengths(sides, allow_truncation)
+    paired = all_tasks(sides)
+    check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards, pack and paired)
+    scanned = check_lengths(sides, allow_truncation)
+    shapes, eval_shapes = None, None
+    if pack:  # evaluation's losses: each side alone, its rows over the whole data axis
+        eval_shapes = {
+            side: plan_packing(
+                {side: sides[side]}, scanned, eval_batch_size, mesh.shape[partitioning.DATA], seed
+            )[side]
+            for side in sides
+        }
+    if pack and paired:
+        multiple = row_multiple(mesh, num_microbatches, data_shards)
+        shapes = plan_packing(sides, scanned, batch_size // data_shards, multiple, seed)
+        if jax.process_index() == 0:
+            print(
+                f"dsbs-train: {describe_packing(shapes, sides, batch_size, data_shards)}",
+                file=sys.stderr,
+            )
     check_distillation(teacher_checkpoint_path, teacher_topk_dir, kd_weight, hidden_weight)
 
     distillation, teacher = None, None
@@ -578,12 +698,15 @@ def train(
             "shards": data_shards,
             "pack": pack,
         }
-        if position is not None and {**position, "step": step} != data_position:
-            raise ConfigError(
-                f"the checkpoint at step {step} was trained with data {position}; this run "
-                f"has {data_position}: resume with the same BATCH_SIZE, seed, data_shards "
-                "and pack"
-            )
+        consumed = [step * (batch_size // data_shards)] * data_shards
+        if position is not None:
+            consumed = position.pop(CONSUMED, consumed)
+            if {**position, "step": step} != data_position:
+                raise ConfigError(
+                    f"the checkpoint at step {step} was trained with data {position}; this "
+                    f"run has {data_position}: resume with the same BATCH_SIZE, seed, "
+                    "data_shards and pack"
+                )
         run = results.run_info(
             model_dir,
             mode,
@@ -613,11 +736,11 @@ def train(
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
             results.write_run(model_dir, run)
 
-        validation = Validation(trainer, sides, eval_batch_size, eval_examples)
-        loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position)
+        validation = Validation(trainer, sides, eval_batch_size, eval_examples, eval_shapes)
+        loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position, consumed)
         loop.teacher_params = teacher_params
         loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
-        batches = host_batches(sides, batch_size, seed, data_shards, step, pack, topk)
+        batches = host_batches(sides, batch_size, seed, data_shards, consumed, pack, topk, shapes)
         try:
             state, preempted = loop.run(
                 state, batches, preemption, train_steps, log_period, checkpoint_period, eval_period
@@ -650,11 +773,17 @@ def train(
 
 
 class _Loop:
-    """The training loop: steps, logs, periodic evaluation and checkpoints, preemption."""
+    """The training loop: steps, logs, periodic evaluation and checkpoints, preemption.
 
-    def __init__(self, trainer, saved, validation, summaries, data_position):
+    A step's metrics are read one step late, after the next step is dispatched, so the
+    host prepares the next batch while the devices compute (reading them at once would
+    wait for the step to finish). Before anything is saved or evaluated the step's own
+    metrics are read and checked: no non-finite step is ever saved."""
+
+    def __init__(self, trainer, saved, validation, summaries, data_position, consumed):
         self.trainer, self.saved, self.validation = trainer, saved, validation
         self.summaries, self.data_position = summaries, data_position
+        self.consumed = list(consumed)  # examples trained on, per shard of all hosts
         self.peak_flops: float | None = None
         self.teacher_params = None  # placed by `Trainer.place_teacher`, when it distils
         self.last_eval: dict = {}
@@ -667,10 +796,19 @@ class _Loop:
         # Checkpoints are ranked by accuracy; a label task without one by its loss.
         return {"accuracy": self.last_eval.get("accuracy", -self.last_eval["loss/label"])}
 
+    def _host_shards(self) -> slice:
+        per_host = len(self.consumed) // jax.process_count()
+        return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+    def _position(self, step: int) -> dict:
+        """The data position at `step`: every host's shards' counts (a collective)."""
+        counts = partitioning.gather(np.array(self.consumed[self._host_shards()]))
+        return {**self.data_position, "step": step, CONSUMED: counts.reshape(-1).tolist()}
+
     def run(
         self,
         state: TrainState,
-        batches: Iterator[dict],
+        batches: Iterator[tuple[dict, list[int]]],
         preemption: _Preemption,
         train_steps: int,
         log_period: int,
@@ -679,12 +817,21 @@ class _Loop:
     ) -> tuple[TrainState, bool]:
         """Train to `train_steps`; returns the state and whether SIGTERM stopped it first."""
         trainer, mesh = self.trainer, self.trainer.mesh
-        batch_size = self.data_position["batch_size"]
         step = int(state.step)
         progress = Progress(train_steps, step)
-        throughput = None
+        throughput, pending, shards = None, None, self._host_shards()
+
+        def record(step, metrics, examples, tokens, positions):
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _finite(metrics, step)
+            throughput.add(examples, tokens, positions)
+            last = step == train_steps
+            if step % log_period == 0 or last:
+                self.summaries.write(TRAIN, step, {**metrics, **throughput.read()})
+            progress.update(step, metrics["loss"], throughput.mean_examples, force=last)
+
         while step < train_steps:
-            local = next(batches)
+            local, counts = next(batches)
             batch = partitioning.global_batch(
                 mesh, {side: _model_features(f) for side, f in local.items()}
             )
@@ -694,19 +841,23 @@ class _Loop:
                 throughput = Throughput(flops, self.peak_flops)
             state, metrics = trainer.run_train_step(state, batch, self.teacher_params)
             step += 1
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _finite(metrics, step)
-            throughput.add(batch_size, _count_tokens(local) * jax.process_count())
+            if pending is not None:
+                record(*pending)
+            self.consumed[shards] = [
+                c + n for c, n in zip(self.consumed[shards], counts, strict=True)
+            ]
+            hosts = jax.process_count()
+            tokens, positions = _count_tokens(local)
+            pending = (step, metrics, sum(counts) * hosts, tokens * hosts, positions * hosts)
             last = step == train_steps
-            if step % log_period == 0 or last:
-                self.summaries.write(TRAIN, step, {**metrics, **throughput.read()})
-            progress.update(step, metrics["loss"], batch_size, force=last)
-            preempted = preemption.reached()  # then save at once, without evaluating
+            preempted = preemption.reached(step, log_period)  # then save, without evaluating
             due = step % eval_period == 0 or last
+            if due or preempted or step % checkpoint_period == 0:
+                record(*pending)  # this step's metrics checked before it is saved
+                pending = None
             evaluated = self._evaluate(state, progress) if due and not preempted else None
             if step % checkpoint_period == 0 or last or preempted or evaluated:
-                position = {**self.data_position, "step": step}
-                self.saved.save(state, trainer.config, position, evaluated)
+                self.saved.save(state, trainer.config, self._position(step), evaluated)
             if preempted:
                 logging.warning("SIGTERM: saved step %d and stopping", step)
                 return state, True

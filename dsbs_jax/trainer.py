@@ -39,13 +39,18 @@ from dsbs_jax.optimizers import Optimizer
 
 Params = Any
 Batch = Mapping[str, Mapping[str, jax.Array]]
+# What the model reads of a task's features. Packed rows' positions are left out on
+# purpose: T5 uses positions only in its relative attention bias, through the distance
+# between two tokens of the same segment, which the columns of a row give as well (a
+# segment's tokens are consecutive and cross-segment pairs are masked). Without them the
+# bias is one `[heads, q, k]` table for all rows instead of one per row, a large part of a
+# packed step's attention cost (`tests/test_packing.py` checks a packed step equals the
+# padded one).
 MODEL_INPUTS = (
     "encoder_input_tokens",
     "decoder_input_tokens",
     "encoder_segment_ids",
     "decoder_segment_ids",
-    "encoder_positions",
-    "decoder_positions",
 )
 # The distillation terms' names in the blend, the metrics and the sums.
 KD, HIDDEN = "kd", "hidden"

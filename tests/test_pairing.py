@@ -5,7 +5,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from dsbs_jax.data import pairing
+from dsbs_jax.data import packing, pairing
 
 LABEL = {"inputs": 96, "targets": 8}
 RATIONALE = {"inputs": 96, "targets": 128}
@@ -100,3 +100,39 @@ def test_independent_packed_batches_keep_segments_apart(registered_tasks):
             assert inputs[where][0] == 0  # and its decoder input starts afresh
         encoder_segments = batch["encoder_segment_ids"][row]
         assert set(np.unique(encoder_segments)) - {0} == set(range(1, segments.max() + 1))
+
+
+def test_packed_steps_pair_the_same_examples_and_restart_where_they_stopped(registered_tasks):
+    shapes = {"label": packing.RowShape(2, 96, 16), "rationale": packing.RowShape(2, 96, 128)}
+
+    def steps(start_example=0, count=4):
+        stream = pairing.packed_paired_batches(
+            DSBS, "train", shapes, seed=5, start_example=start_example
+        )
+        return [next(stream) for _ in range(count)]
+
+    uninterrupted = steps()
+    task = seqio.get_mixture_or_task("dsbs_synthetic_label_gt")
+    vocabulary = task.output_features["inputs"].vocabulary
+
+    def questions(features, prefix):
+        """Each segment's input without its task prefix."""
+        texts = []
+        for tokens, segments in zip(
+            features["encoder_input_tokens"], features["encoder_segment_ids"], strict=True
+        ):
+            for segment in range(1, segments.max() + 1):
+                text = vocabulary.decode(tokens[segments == segment].tolist())
+                assert text.startswith(prefix)
+                texts.append(text.removeprefix(prefix))
+        return sorted(texts)
+
+    for features, count in uninterrupted:
+        label = questions(features["label"], "predict: ")
+        assert len(label) == count
+        assert questions(features["rationale"], "explain: ") == label
+    consumed = sum(count for _, count in uninterrupted[:2])
+    for (resumed, _), (expected, _) in zip(steps(consumed, 2), uninterrupted[2:], strict=True):
+        for side in expected:
+            for name, value in expected[side].items():
+                np.testing.assert_array_equal(resumed[side][name], value, err_msg=name)

@@ -70,6 +70,16 @@ def _resolved(value):
     return value
 
 
+# Each dataset's (inputs, label, rationale, chain of thought) lengths in the grid: what
+# holds the release's longest example (gin/runs/paper/dataset/*.gin says how measured).
+GRID_LENGTHS = {
+    "cqa": (128, 16, 96, 96),
+    "svamp": (128, 32, 160, 192),
+    "esnli": (128, 8, 128, 128),
+    "anli1": (384, 8, 192, 192),
+}
+
+
 def test_the_paper_grid_prints_one_command_per_run_with_its_bindings():
     checkpoints = [f"--gin.{s.upper()}_CHECKPOINT='{path}'" for s, path in CHECKPOINTS.items()]
     commands = dry_run(str(PAPER_GRID), "--root", "gs://bucket/paper", *checkpoints)
@@ -95,9 +105,9 @@ def test_the_paper_grid_prints_one_command_per_run_with_its_bindings():
         assert values["LABEL_TASK"] == f"dsbs_{dataset}_{kind}"
         assert values["RATIONALE_TASK"] == (f"dsbs_{dataset}_rationale" if with_rationale else None)
         lengths = values["TASK_FEATURE_LENGTHS"]
-        target = 256 if mode == "cot" else 32
-        expected = {"inputs": 1024, "label": target} | (
-            {"rationale": 256} if with_rationale else {}
+        inputs, label, rationale, cot = GRID_LENGTHS[dataset]
+        expected = {"inputs": inputs, "label": cot if mode == "cot" else label} | (
+            {"rationale": rationale} if with_rationale else {}
         )
         assert lengths == expected
         assert values["MODEL_DIR"] == f"gs://bucket/paper/{name.rstrip(chr(39))}"

@@ -1,6 +1,7 @@
 """`dsbs-train` end to end on the synthetic task: resumption, preemption, several hosts,
 configuration errors and the guard against non-finite losses."""
 
+import json
 import signal
 import subprocess
 import time
@@ -65,6 +66,20 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path
 
 
 @pytest.mark.slow
+def test_packed_steps_hold_the_batch_size_on_average_and_record_their_examples(uninterrupted):
+    per_step = read_scalars(uninterrupted / "train", "examples_per_step")
+    assert sorted(per_step) == list(range(1, STEPS + 1))
+    assert np.mean(list(per_step.values())) == pytest.approx(8, rel=0.15)  # BATCH_SIZE
+    padded = 64 + 6 + 64 + 80  # the quickstart's feature lengths: what padding costs
+    positions = read_scalars(uninterrupted / "train", "positions_per_example")
+    assert max(positions.values()) < padded
+    position = json.loads(
+        (uninterrupted / "checkpoints" / str(STEPS) / "data" / "metadata").read_text()
+    )
+    assert position["pack"] and sum(position["examples"]) == sum(per_step.values())
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds_data_dir):
     flags = runs.flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=1000")
     process = subprocess.Popen(
@@ -120,7 +135,11 @@ def _main(tmp_path, tfds_data_dir, *extra) -> int:
     "extra, message",
     [
         (["--gin.train.not_an_argument=1"], "not_an_argument"),
-        (["--gin.BATCH_SIZE=6"], "BATCH_SIZE 6 must be a multiple of the data axis (4 devices)"),
+        (
+            ["--gin.BATCH_SIZE=6", "--gin.train.pack=False"],
+            "BATCH_SIZE 6 must be a multiple of the data axis (4 devices)",
+        ),
+        (["--gin.BATCH_SIZE=7", "--gin.train.data_shards=2"], "divide BATCH_SIZE 7"),
         (
             ["--gin.TASK_FEATURE_LENGTHS={'inputs': 20, 'label': 8, 'rationale': 144}"],
             "raise TASK_FEATURE_LENGTHS['inputs']",
@@ -165,7 +184,7 @@ def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tas
     def first_batch(hosts: int, index: int) -> dict:
         monkeypatch.setattr(jax, "process_count", lambda: hosts)
         monkeypatch.setattr(jax, "process_index", lambda: index)
-        return next(train.host_batches(sides, 8, seed=0, data_shards=2, start_step=0, pack=False))
+        return next(train.host_batches(sides, 8, 0, 2, consumed=[0, 0], pack=False))[0]
 
     whole = first_batch(1, 0)
     hosts = [first_batch(2, index) for index in range(2)]

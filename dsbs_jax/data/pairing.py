@@ -2,27 +2,31 @@
 
 Paired: each step's label batch and rationale batch are built from the same examples in
 the same order, as the reference builds both from one batch of examples. Both sides read
-the same source split with the same seeded shuffle, apply their own task's preprocessors
-(one output per input, so the order is kept) and go through SeqIO's
-`EncDecFeatureConverter` unpacked. A fingerprint of each example's id travels with it
-(`example_hash`), and every batch is checked for alignment.
+the same source split with the same seeded shuffle and apply their own task's
+preprocessors (one output per input, so the order is kept). A fingerprint of each
+example's id travels with it (`example_hash`), and alignment is checked. Then either
+`paired_batches` pads `batch_size` examples to the feature lengths (SeqIO's
+`EncDecFeatureConverter`, unpacked), or `packed_paired_batches` packs the stream into each
+side's fixed rows (`packing.pack_steps`: as many whole examples per step as the rows hold,
+the same examples on both sides).
 
 Independent: each task or mixture is sampled on its own by `seqio.get_dataset`, packed or
 padded; this is the mode for mixtures of datasets.
 
 Either way the stream is deterministic for a seed, per-host (`seqio.ShardInfo`), and
-restartable: `start_step` skips the batches already consumed, so a resumed run sees
+restartable: a start position skips the examples already consumed, so a resumed run sees
 exactly the batches an uninterrupted run sees. Pairing needs every task to keep the same
 examples of the split: true of one dataset's tasks on `train`, where the source keeps only
 parsed teacher outputs.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
-from dsbs_jax.data import topk_store
+from dsbs_jax.data import packing, topk_store
 
 EXAMPLE_HASH = "example_hash"
 SHUFFLE_BUFFER = 10_000
@@ -98,6 +102,31 @@ def task_examples(task_name: str, split: str, lengths: Lengths) -> tf.data.Datas
     return converter(views, converter_lengths)
 
 
+def _paired_views(
+    tasks: Mapping[str, tuple[str, Lengths]],
+    split: str,
+    seed: int,
+    shard: seqio.ShardInfo | None,
+    shuffle: bool,
+    num_epochs: int | None,
+    skip: int,
+    topk: Mapping[str, str],
+) -> dict[str, tuple[tf.data.Dataset, Lengths]]:
+    """Each side's preprocessed examples (with the top-k features of the sides in `topk`)
+    and its lengths, all sides over the same seeded order of the source."""
+    sides = {}
+    for side, (task_name, lengths) in tasks.items():
+        task = seqio.get_mixture_or_task(task_name)
+        if not isinstance(task, seqio.Task):
+            raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
+        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs, skip)
+        if side in topk:
+            store = topk_store.Store(topk[side], task_name, split)
+            views = store.attach(views, EXAMPLE_HASH, lengths["targets"])
+        sides[side] = views, lengths
+    return sides
+
+
 def paired_batches(
     tasks: Mapping[str, tuple[str, Lengths]],
     split: str,
@@ -110,7 +139,8 @@ def paired_batches(
     topk: Mapping[str, str] | None = None,
 ) -> tf.data.Dataset:
     """Per step `{side: features}` for `tasks = {side: (task name, feature lengths)}`, all
-    sides built from the same `batch_size` examples in the same order.
+    sides built from the same `batch_size` examples in the same order, each padded to its
+    feature lengths.
 
     Every task must keep the same examples of `split` (the dsbs tasks of one dataset do on
     `train`, where the source keeps only parsed teacher outputs); otherwise the alignment
@@ -119,20 +149,40 @@ def paired_batches(
     `teacher_topk_logprobs`, `[targets length, k]` per example.
     """
     topk = topk or {}
+    skip = start_step * batch_size
+    views = _paired_views(tasks, split, seed, shard, shuffle, num_epochs, skip, topk)
     sides = {}
-    for side, (task_name, lengths) in tasks.items():
-        task = seqio.get_mixture_or_task(task_name)
-        if not isinstance(task, seqio.Task):
-            raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
-        skip = start_step * batch_size
-        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs, skip)
-        if side in topk:
-            store = topk_store.Store(topk[side], task_name, split)
-            views = store.attach(views, EXAMPLE_HASH, lengths["targets"])
+    for side, (examples, lengths) in views.items():
         converter, converter_lengths = _converter(lengths, side in topk)
-        converted = converter(views, converter_lengths)
-        sides[side] = converted.batch(batch_size, drop_remainder=True)
+        sides[side] = converter(examples, converter_lengths).batch(batch_size, drop_remainder=True)
     return tf.data.Dataset.zip(sides).map(_check_aligned).prefetch(tf.data.AUTOTUNE)
+
+
+def packed_paired_batches(
+    tasks: Mapping[str, tuple[str, Lengths]],
+    split: str,
+    shapes: Mapping[str, packing.RowShape],
+    seed: int = 0,
+    shard: seqio.ShardInfo | None = None,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    start_example: int = 0,
+    topk: Mapping[str, str] | None = None,
+    max_examples: int | None = None,
+) -> Iterator[tuple[dict[str, dict[str, np.ndarray]], int]]:
+    """Per step `({side: packed features}, examples in the step)`: `paired_batches`' stream
+    of examples, from the `start_example`-th on, packed into each side's `shapes` rows by
+    `packing.pack_steps` (every side the same examples, in order). Each side's features
+    keep the example hashes of its rows' segments out: alignment is checked per example."""
+    topk = topk or {}
+    views = _paired_views(tasks, split, seed, shard, shuffle, num_epochs, start_example, topk)
+    examples = tf.data.Dataset.zip({side: v for side, (v, _) in views.items()})
+    examples = examples.map(_check_aligned).prefetch(tf.data.AUTOTUNE)
+    stream = (
+        {side: {k: v for k, v in ex.items() if k != EXAMPLE_HASH} for side, ex in pair.items()}
+        for pair in examples.as_numpy_iterator()
+    )
+    return packing.pack_steps(stream, shapes, max_examples)
 
 
 def independent_batches(
