@@ -595,6 +595,7 @@ def train(
     hidden_weight: float = 0.0,
     hidden_layers: Sequence[Sequence[str]] = (("decoder:-1", "decoder:-1"),),
     hidden_kind: str = "mse",
+    read_metrics_late: bool | None = None,
 ) -> TrainResult:
     """Train until `train_steps` (or SIGTERM), evaluating and checkpointing periodically.
 
@@ -607,6 +608,10 @@ def train(
     distance between `hidden_layers` (student, teacher) pairs join the loss
     (`Distillation`: `kd_temperature`, `kd_direction`, `kd_tasks`, `teacher_dtype`,
     `hidden_kind`).
+
+    `read_metrics_late` reads each step's metrics after the next step is dispatched (None:
+    on accelerators, where the host's work is then free; not on CPUs, where the host and
+    XLA compete for the same cores: 9% slower there, `bench/dispatch.py`).
     """
     del registered_tasks
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
@@ -737,7 +742,17 @@ def train(
             results.write_run(model_dir, run)
 
         validation = Validation(trainer, sides, eval_batch_size, eval_examples, eval_shapes)
-        loop = _Loop(trainer, saved, validation, Summaries(model_dir), data_position, consumed)
+        if read_metrics_late is None:  # on CPUs the host and XLA share the cores
+            read_metrics_late = jax.devices()[0].platform != "cpu"
+        loop = _Loop(
+            trainer,
+            saved,
+            validation,
+            Summaries(model_dir),
+            data_position,
+            consumed,
+            read_metrics_late,
+        )
         loop.teacher_params = teacher_params
         loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
         batches = host_batches(sides, batch_size, seed, data_shards, consumed, pack, topk, shapes)
@@ -775,14 +790,15 @@ def train(
 class _Loop:
     """The training loop: steps, logs, periodic evaluation and checkpoints, preemption.
 
-    A step's metrics are read one step late, after the next step is dispatched, so the
-    host prepares the next batch while the devices compute (reading them at once would
-    wait for the step to finish). Before anything is saved or evaluated the step's own
-    metrics are read and checked: no non-finite step is ever saved."""
+    With `read_late`, a step's metrics are read one step late, after the next step is
+    dispatched, so the host prepares the next batch while the devices compute (reading
+    them at once waits for the step to finish). Before anything is saved or evaluated the
+    step's own metrics are read and checked: no non-finite step is ever saved."""
 
-    def __init__(self, trainer, saved, validation, summaries, data_position, consumed):
+    def __init__(self, trainer, saved, validation, summaries, data_position, consumed, read_late):
         self.trainer, self.saved, self.validation = trainer, saved, validation
         self.summaries, self.data_position = summaries, data_position
+        self.read_late = read_late
         self.consumed = list(consumed)  # examples trained on, per shard of all hosts
         self.peak_flops: float | None = None
         self.teacher_params = None  # placed by `Trainer.place_teacher`, when it distils
@@ -852,8 +868,8 @@ class _Loop:
             last = step == train_steps
             preempted = preemption.reached(step, log_period)  # then save, without evaluating
             due = step % eval_period == 0 or last
-            if due or preempted or step % checkpoint_period == 0:
-                record(*pending)  # this step's metrics checked before it is saved
+            if not self.read_late or due or preempted or step % checkpoint_period == 0:
+                record(*pending)  # a step's metrics are checked before it is saved
                 pending = None
             evaluated = self._evaluate(state, progress) if due and not preempted else None
             if step % checkpoint_period == 0 or last or preempted or evaluated:

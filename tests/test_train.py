@@ -66,6 +66,16 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path
 
 
 @pytest.mark.slow
+def test_reading_metrics_a_step_late_changes_nothing(uninterrupted, tmp_path, tfds_data_dir):
+    # The accelerators' default, run here on CPU, where the default reads them at once.
+    late = ["--gin.CHECKPOINT_PERIOD=10", "--gin.train.read_metrics_late=True"]
+    runs.run(runs.flags(tmp_path, tfds_data_dir, STEPS, *late))
+    for tag in ("loss", "examples_per_step"):
+        assert read_scalars(tmp_path / "train", tag) == read_scalars(uninterrupted / "train", tag)
+    _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
+
+
+@pytest.mark.slow
 def test_packed_steps_hold_the_batch_size_on_average_and_record_their_examples(uninterrupted):
     per_step = read_scalars(uninterrupted / "train", "examples_per_step")
     assert sorted(per_step) == list(range(1, STEPS + 1))
