@@ -41,9 +41,9 @@ evaluation, a log every step, and a small evaluation at the last step (the train
 evaluates there; it comes after the timed steps). `--extra_gin NAME=VALUE` passes further
 bindings (say `train.pack=False`, or `INPUT_LENGTH=64` for a quick smoke test). Its examples
 per second are read from the TensorBoard scalars under MODEL_DIR/train, the first `--warmup`
-steps (compilation) dropped: their examples (`examples_per_step`, else BATCH_SIZE) over their
-seconds. Its positions per example are its `positions_per_example` scalar, else its padded
-shapes (`our_positions`). Both sides' non-padding tokens per second go to stderr.
+steps (compilation) dropped: their examples (`examples_per_step`) over their seconds. Its
+positions per example are its `positions_per_example` scalar. Both sides' non-padding tokens
+per second go to stderr.
 
 `--dataset esnli` runs the same on e-SNLI, whose sample has no training split: its
 validation files stand in as the training split for both sides (symlinked into a temporary
@@ -57,14 +57,13 @@ both sides.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import pathlib
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +74,7 @@ import gin
 import tasks
 from dsbs_jax import checkpoints, gin_utils, prepare
 from dsbs_jax.models import T5Config
+from dsbs_jax.report import read_scalars
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -94,12 +94,11 @@ CHECK_EXAMPLES = 32
 EVAL_EXAMPLES = 8
 # The reference's TaskPrefixDataCollator: one batch per half, from the same examples.
 HALVES = {"pred": "predict: ", "expl": "explain: "}
-# Our run's scalars. A trainer that logs neither of the last two (one that pads every batch to
-# the gin lengths) has BATCH_SIZE examples per step and its padded shapes (`our_positions`).
+# Our run's scalars (`dsbs_jax.progress.Throughput`).
 EXAMPLES_PER_SECOND = "examples_per_second"
 TOKENS_PER_SECOND = "tokens_per_second"
 EXAMPLES_PER_STEP = "examples_per_step"
-POSITIONS_PER_EXAMPLE = "positions_per_example"
+POSITIONS = "positions_per_example"
 
 Features = dict[str, dict[str, list[int]]]  # half -> input_ids, attention_mask, labels
 
@@ -354,55 +353,32 @@ def our_command(
     ]
 
 
-def read_scalars(directory: pathlib.Path) -> dict[str, dict[int, float]]:
-    """`{tag: {step: value}}` of the TensorBoard event files in `directory`."""
-    import tensorflow as tf
-
-    scalars: dict[str, dict[int, float]] = collections.defaultdict(dict)
-    for path in sorted(directory.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
-    return scalars
-
-
-# --- Positions per example: switch to the run's own scalar once it logs one. ---------------
-def our_positions(
-    scalars: Mapping[str, Mapping[int, float]], timed: Sequence[int], lengths: Mapping[str, int]
-) -> float:
-    """Positions computed per example: the run's `positions_per_example` if it logs it, else
-    the padded shapes: today the trainer pads every example of both tasks to the gin
-    lengths, so the encoder runs `inputs` twice and the decoders `label` and `rationale`."""
-    if logged := scalars.get(POSITIONS_PER_EXAMPLE):
-        return float(np.mean([logged[step] for step in timed]))
-    return 2 * lengths["inputs"] + lengths["label"] + lengths["rationale"]
-
-
-def our_throughput(
-    scalars: Mapping[str, Mapping[int, float]], args: argparse.Namespace, lengths: Mapping[str, int]
-) -> Throughput:
-    """Examples over seconds of the steps after `--warmup` (one log per step)."""
+def our_throughput(model_dir: pathlib.Path, args: argparse.Namespace) -> Throughput:
+    """Examples over seconds of the steps after `--warmup` (one log per step), read from
+    the run's TensorBoard scalars."""
+    scalars = {
+        tag: read_scalars(str(model_dir / "train"), tag)
+        for tag in (EXAMPLES_PER_SECOND, TOKENS_PER_SECOND, EXAMPLES_PER_STEP, POSITIONS)
+    }
     rates = scalars[EXAMPLES_PER_SECOND]
     timed = [step for step in sorted(rates) if step > args.warmup]
     if len(timed) != args.steps:
         raise SystemExit(
             f"our run logged steps {sorted(rates)}; expected 1 to {args.warmup + args.steps}"
         )
-    per_step = scalars.get(EXAMPLES_PER_STEP, {})
-    examples = {step: per_step.get(step, args.batch) for step in timed}
-    seconds = {step: examples[step] / rates[step] for step in timed}
-    tokens = sum(scalars[TOKENS_PER_SECOND][step] * seconds[step] for step in timed)
+    seconds = {step: scalars[EXAMPLES_PER_STEP][step] / rates[step] for step in timed}
     total = sum(seconds.values())
     return Throughput(
-        sum(examples.values()) / total, our_positions(scalars, timed, lengths), tokens / total
+        sum(scalars[EXAMPLES_PER_STEP][step] for step in timed) / total,
+        float(np.mean([scalars[POSITIONS][step] for step in timed])),
+        sum(scalars[TOKENS_PER_SECOND][step] * seconds[step] for step in timed) / total,
     )
 
 
-def run_ours(command: Sequence[str], model_dir: pathlib.Path) -> dict[str, dict[int, float]]:
-    """Run `dsbs-train` (its output on our stderr) and read its training scalars."""
+def run_ours(command: Sequence[str]) -> None:
+    """Run `dsbs-train`, its output on our stderr."""
     log("running ours: " + " ".join(command[1:]))
     subprocess.run(command, cwd=ROOT, stdout=sys.stderr, check=True)
-    return read_scalars(model_dir / "train")
 
 
 # -------------------------------------------------------------------------------------------
@@ -471,8 +447,8 @@ def main() -> None:
 
         model_dir = directory / "model"
         command = our_command(args, model_dir, data_dir, vocabulary, checkpoint)
-        scalars = run_ours(command, model_dir)
-    ours = our_throughput(scalars, args, config.lengths)
+        run_ours(command)
+        ours = our_throughput(model_dir, args)
     log(
         f"non-padding tokens/s: ours {ours.tokens_per_second:.0f}, "
         f"reference {reference.tokens_per_second:.0f}"
