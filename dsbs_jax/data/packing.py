@@ -90,14 +90,11 @@ def pack_rows(placed: Sequence[tuple[int, Example]], shape: RowShape) -> dict[st
     row as the next segment."""
     rows, n_in, n_out = shape.rows, shape.inputs, shape.targets
     out = {
-        "encoder_input_tokens": np.zeros((rows, n_in), np.int32),
-        "encoder_segment_ids": np.zeros((rows, n_in), np.int32),
-        "encoder_positions": np.zeros((rows, n_in), np.int32),
-        "decoder_target_tokens": np.zeros((rows, n_out), np.int32),
-        "decoder_input_tokens": np.zeros((rows, n_out), np.int32),
-        "decoder_segment_ids": np.zeros((rows, n_out), np.int32),
-        "decoder_positions": np.zeros((rows, n_out), np.int32),
-        "decoder_loss_weights": np.zeros((rows, n_out), np.float32),
+        name: np.zeros(
+            (rows, n_in if name.startswith("encoder") else n_out),
+            np.float32 if name == "decoder_loss_weights" else np.int32,
+        )
+        for name in PACKED_FEATURES
     }
     extras = sorted({name for _, ex in placed for name in ex} - {INPUTS, TARGETS})
     for name in extras:
