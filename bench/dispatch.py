@@ -88,7 +88,8 @@ def main() -> None:
         sides = train.task_lengths("dsbs", SIDES["label"], SIDES["rationale"], lengths)
         scanned = train.check_lengths(sides, allow_truncation=False)
         mesh = partitioning.make_mesh()
-        shapes = train.plan_packing(sides, scanned, args.batch, mesh.shape["data"], seed=0)
+        shards = partitioning.batch_shards(mesh)
+        shapes = train.plan_packing(sides, scanned, args.batch, shards, seed=0)
         trainer = Trainer(config, optimizer, mesh, {"label": 0.5, "rationale": 0.5})
         figures = {}
         for name, lagged in (("synced", False), ("lagged", True)):

@@ -3,14 +3,15 @@
 Builds a `Trainer` (mode dsbs, alpha 0.5, Adafactor, bfloat16 activations, remat by default:
 the setup for XL and XXL students) and lowers `Trainer.train_step` with `jax.ShapeDtypeStruct`
 arguments that carry the state's and the batch's shardings, so no parameter is allocated
-and XXL fits in a laptop's memory. It compiles the step and prints, per device, what
-`compiled.memory_analysis()` says: arguments (state and batch), outputs (new state and
-metrics), temporaries (activations, gradients, optimiser scratch), generated code, and the
-total a device must hold, arguments + outputs + temporaries - aliased (the donated state is
-updated in place, so its outputs alias its arguments). Then whether that fits an H200
-(`--capacity-gib`, default 139 GiB: what an H200's 141 GB leaves usable). JAX on GPU takes
-75% of the memory by default: a step near the limit needs `XLA_PYTHON_CLIENT_MEM_FRACTION`
-raised.
+and XXL fits in a laptop's memory (`dsbs_jax.aot`, shared with `dsbs-fit`, which also
+compiles for TPU slices this host does not have). It compiles the step and prints, per
+device, what `compiled.memory_analysis()` says: arguments (state and batch), outputs (new
+state and metrics), temporaries (activations, gradients, optimiser scratch), generated
+code, and the total a device must hold, arguments + outputs + temporaries - aliased (the
+donated state is updated in place, so its outputs alias its arguments). Then whether that
+fits an H200 (`--capacity-gib`, default 139 GiB: what an H200's 141 GB leaves usable). JAX
+on GPU takes 75% of the memory by default: a step near the limit needs
+`XLA_PYTHON_CLIENT_MEM_FRACTION` raised.
 
 `--devices N` runs on N devices, a `data` x `model` mesh with `--model_parallelism` devices
 on the model axis. On a CPU-only host these are N host devices (`XLA_FLAGS=
@@ -88,37 +89,11 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 from common import SIZES, log  # noqa: E402
-from train_step import ALPHA, Batch, make_batch  # noqa: E402
+from train_step import ALPHA  # noqa: E402
 
 from dsbs_jax import losses, optimizers, partitioning  # noqa: E402
-from dsbs_jax.trainer import Distillation, Params, Trainer  # noqa: E402
-
-GIB = 2**30
-
-
-def compile_step(
-    trainer: Trainer, batch: Batch, teacher_params: Params | None = None
-) -> jax.stages.Compiled:
-    """The compiled training step for the abstract state and `batch`'s shapes, and the
-    teacher's parameters when the trainer distils (`Trainer.abstract_teacher_params`)."""
-    state = partitioning.abstract_arrays(trainer.abstract_state, trainer.state_sharding)
-    arrays = partitioning.abstract_arrays(batch, partitioning.batch_sharding(trainer.mesh))
-    return trainer.compiled_train_step(state, arrays, teacher_params)
-
-
-def memory_figures(stats) -> dict[str, float]:
-    """Per-device GiB by kind, and the total a device holds during the step."""
-    gib = {
-        "arguments": stats.argument_size_in_bytes / GIB,
-        "outputs": stats.output_size_in_bytes / GIB,
-        "aliased": stats.alias_size_in_bytes / GIB,
-        "temp": stats.temp_size_in_bytes / GIB,
-        "code": stats.generated_code_size_in_bytes / GIB,
-    }
-    gib["total"] = gib["arguments"] + gib["outputs"] + gib["temp"] - gib["aliased"]
-    if jax.devices()[0].platform != "cpu":  # on CPU it is just the arguments
-        gib["xla peak"] = getattr(stats, "peak_memory_in_bytes", 0) / GIB
-    return gib
+from dsbs_jax.aot import compile_step, padded_batch, step_memory  # noqa: E402
+from dsbs_jax.trainer import Distillation, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -153,15 +128,19 @@ def main() -> None:
         count = sum(leaf.size for leaf in jax.tree.leaves(teacher_params))
         teacher = f"teacher={args.teacher} teacher_params={count / 1e9:.3g}B "
         teacher += f"teacher_dtype={args.teacher_dtype}"
-    batch = make_batch(config, args.batch, args.inputs, args.rationale, args.label)
+    batch = padded_batch(
+        {
+            losses.LABEL: (args.batch, args.inputs, args.label),
+            losses.RATIONALE: (args.batch, args.inputs, args.rationale),
+        }
+    )
     log(
         f"compiling the {args.size} step ({params / 1e9:.3g}B parameters, {teacher}), "
         f"mesh {dict(mesh.shape)}"
     )
-    stats = compile_step(trainer, batch, teacher_params).memory_analysis()
-    gib = memory_figures(stats)
-    fits = "fits" if gib["total"] <= args.capacity_gib else "does NOT fit"
     platform = jax.devices()[0].platform
+    gib = step_memory(compile_step(trainer, batch, teacher_params), platform).gib()
+    fits = "fits" if gib["total"] <= args.capacity_gib else "does NOT fit"
     estimate = " (CPU compile: an estimate, see the docstring)" if platform == "cpu" else ""
     print(
         f"dsbs train step memory size={args.size} params={params / 1e9:.3g}B batch={args.batch} "

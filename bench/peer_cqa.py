@@ -74,7 +74,7 @@ import gin
 import tasks
 from dsbs_jax import checkpoints, gin_utils, prepare
 from dsbs_jax.models import T5Config
-from dsbs_jax.report import read_scalars
+from dsbs_jax.writers import read_scalars
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds

@@ -39,13 +39,12 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import logging
 import pathlib
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from dsbs_jax import cli, files, jsonl, progress
+from dsbs_jax import cli, console, files, jsonl, progress
 from dsbs_jax.data import metrics, release, teacher_outputs
 from dsbs_jax.teacher import prompts
 from dsbs_jax.teacher.annotations import ROW_KEYS, annotations_file, manifest_file, release_output
@@ -104,9 +103,8 @@ def _text(value: object) -> str:
 
 def read_tfds(name: str, split: str, data_dir: str | None) -> list[Example]:
     """A built TFDS split with features `id`, `input` and (optionally) `label`, in order."""
-    import tensorflow_datasets as tfds
-
-    from dsbs_jax.data import builders  # noqa: F401  (registers the dsbs_* builders)
+    tfds = console.quiet_import("tensorflow_datasets")  # and TensorFlow: only for this input
+    console.quiet_import("dsbs_jax.data.builders")  # registers the dsbs_* builders
 
     try:
         dataset = tfds.load(
@@ -577,6 +575,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     topk.add_argument("--save_topk", type=int, metavar="K", help="score tasks' targets instead")
     topk.add_argument("--tasks", help="comma-separated SeqIO tasks whose targets to score")
     topk.add_argument("--task_module", action="append", help="a module adding tasks (repeatable)")
+    console.setup(parser, argv)
     args = parser.parse_args(argv)
     if args.save_topk is not None and args.save_topk < 1:
         parser.error("--save_topk must be at least 1")
@@ -596,10 +595,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_flags(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format=f"{PROG}: %(message)s", level=logging.WARNING)
-    if args.save_topk is not None:
-        from dsbs_jax import annotate_topk
-
+    if args.save_topk is not None:  # JAX and TensorFlow: imported only for this
+        annotate_topk = console.quiet_import("dsbs_jax.annotate_topk")
         return cli.exit_status(PROG, lambda: annotate_topk.run(args))
     return cli.exit_status(PROG, lambda: run(args))
 

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
@@ -435,17 +436,32 @@ def load_orbax(
 ) -> tuple[T5Config, Params]:
     """Read an Orbax checkpoint (the newest step of a manager's directory). `target(config)`
     may give the parameters' abstract arrays with shardings: then each host reads only its
-    own shards (a model spread over several hosts needs this)."""
+    own shards (a model spread over several hosts needs this). Without it the parameters
+    come whole to this host's first device, whatever mesh and hosts saved them."""
     import orbax.checkpoint as ocp
 
     if not (directory / ORBAX_CONFIG_ITEM).exists():
         directory = _latest_orbax_step(directory)
+    handler = ocp.CompositeCheckpointHandler(
+        **{
+            ORBAX_PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+            ORBAX_CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+        }
+    )
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        with ocp.Checkpointer(handler) as checkpointer:
             items = {ORBAX_CONFIG_ITEM: ocp.args.JsonRestore()}
             saved = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
             config = T5Config(**saved[ORBAX_CONFIG_ITEM])
-            params_target = target(config) if target else None
+            if target:
+                params_target = target(config)
+            else:
+                metadata = checkpointer.metadata(directory.absolute()).item_metadata
+                on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                params_target = jax.tree.map(
+                    lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_device),
+                    metadata[ORBAX_PARAMS_ITEM],
+                )
             items = {ORBAX_PARAMS_ITEM: ocp.args.StandardRestore(params_target)}
             restored = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
     except (ValueError, FileNotFoundError, OSError, TypeError) as error:

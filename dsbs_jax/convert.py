@@ -10,7 +10,7 @@ SOURCE is a Hugging Face directory, a T5X legacy checkpoint or an Orbax checkpoi
 import argparse
 import sys
 
-from dsbs_jax import checkpoints
+from dsbs_jax import checkpoints, console
 
 WRITERS = {"hf": checkpoints.save_hf, "orbax": checkpoints.save_orbax}
 
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a Hugging Face dir, T5X checkpoint or Orbax checkpoint")
     parser.add_argument("dest", help="the directory to write (replaced if it exists)")
     parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="output format")
+    console.setup(parser, argv)
     args = parser.parse_args(argv)
     try:
         config, params = checkpoints.load(args.source)

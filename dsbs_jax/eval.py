@@ -31,12 +31,13 @@ import seqio
 from etils import epath
 
 import gin
-from dsbs_jax import gin_utils, inference, losses, partitioning, results
+from dsbs_jax import console, gin_utils, inference, losses, partitioning, results
 from dsbs_jax.data import teacher_outputs
 from dsbs_jax.evaluation import TaskEvaluator
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
-from dsbs_jax.train import Summaries, check_splits, task_lengths
+from dsbs_jax.train import check_splits, task_lengths
+from dsbs_jax.writers import Summaries
 
 Lengths = Mapping[str, int]
 _T5X_STEP = re.compile(r"checkpoint_(\d+)$")
@@ -279,6 +280,7 @@ def evaluate(
     select_on: str | None = None,
     select_metric: str = "accuracy",
     model_parallelism: int = 1,
+    fsdp_parallelism: int = 1,
     registered_tasks: Sequence[str] = (),
 ) -> EvalResult:
     """Evaluate every checkpoint of `checkpoint_path` on `split` (or, with `select_on`, all on
@@ -295,13 +297,13 @@ def evaluate(
     sides = task_lengths(mode, task, rationale_task, task_feature_lengths)
     check_splits(task, [split] + ([select_on] if select_on else []))
     try:
-        mesh = partitioning.make_mesh(model_parallelism)
+        mesh = partitioning.make_mesh(model_parallelism, fsdp_parallelism)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if batch_size % mesh.shape[partitioning.DATA]:
+    if batch_size % partitioning.batch_shards(mesh):
         raise ConfigError(
             f"evaluate.batch_size {batch_size} must be a multiple of the data axis "
-            f"({mesh.shape[partitioning.DATA]} devices)"
+            f"({partitioning.batch_shards(mesh)} devices)"
         )
     decoding = {"method": method}
     if method == "beam":
@@ -335,11 +337,13 @@ def _select_on(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = gin_utils.flag_parser("dsbs-eval", __doc__)
+    examples = ("BATCH_SIZE=16", "evaluate.num_beams=4", "EVAL_OUTPUT_DIR=\"'/tmp/eval'\"")
+    parser = gin_utils.flag_parser("dsbs-eval", __doc__, "runs/eval.gin", examples)
     parser.add_argument(
         "--select_on", help="a split (validation): report SPLIT for the best checkpoint on it"
     )
     argv = sys.argv[1:] if argv is None else argv
+    console.setup(parser, argv)
     try:
         result = gin_utils.run_configured(parser, evaluate, argv, _select_on)
     except ConfigError as error:

@@ -28,7 +28,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dsbs_jax import checkpoints, cli, files, inference, jsonl, partitioning, progress
+from dsbs_jax import checkpoints, cli, console, files, inference, jsonl, partitioning, progress
 from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.tokenizer import Tokenizer, VocabularyError
 
@@ -144,10 +144,10 @@ def make_decoders(
         mesh = partitioning.make_mesh(args.model_parallelism)
     except ValueError as error:
         raise cli.UsageError(f"--model_parallelism: {error}") from None
-    if args.batch_size % mesh.shape[partitioning.DATA]:
+    if args.batch_size % partitioning.batch_shards(mesh):
         raise cli.UsageError(
             f"--batch_size {args.batch_size} must be a multiple of the mesh's data axis "
-            f"({mesh.shape[partitioning.DATA]}: {jax.device_count()} devices / "
+            f"({partitioning.batch_shards(mesh)}: {jax.device_count()} devices / "
             f"--model_parallelism {args.model_parallelism})"
         )
     try:
@@ -228,6 +228,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--num_beams", type=int, default=4)
     parser.add_argument("--model_parallelism", type=int, default=1)
     partitioning.add_distributed_flags(parser)
+    console.setup(parser, argv)
     args = parser.parse_args(argv)
     for name in ("batch_size", "max_input_length", "label_length", "rationale_length"):
         if getattr(args, name) < 1:

@@ -77,7 +77,7 @@ class BatchDecoder:
     def __call__(self, tokens: np.ndarray, rng: jax.Array | None = None) -> np.ndarray:
         """Decodes one batch; `rng`, if given, replaces the options' (a new draw per batch)."""
         tokens = np.asarray(tokens)[:, : trimmed_width(tokens)]
-        inputs = partitioning.global_batch(self.mesh, partitioning.host_share({"t": tokens}))["t"]
+        inputs = partitioning.whole_batch(self.mesh, {"t": tokens})["t"]
         options = self.options if rng is None else {**self.options, "rng": rng}
         output = decoding.generate(
             self.config, self.params, inputs, self.max_length, self.method, **options

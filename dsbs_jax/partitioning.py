@@ -1,29 +1,38 @@
-"""Where arrays live: a `data` x `model` device mesh, T5X's logical axis rules, and hosts.
+"""Where arrays live: a `data` x `fsdp` x `model` device mesh, logical axis rules, hosts.
 
 Parameters and optimiser state are placed by the logical axis names the model gives every
-parameter (`embed`, `mlp`, `heads`, ...), batches by `batch`. With a `model` axis of 1
-this is data parallelism; a larger `model` axis splits the MLP, the heads and the
-vocabulary across devices, as T5X's default rules do.
+parameter (`embed`, `mlp`, `heads`, ...), batches by `batch`. The `model` axis splits the
+MLP, the heads and the vocabulary across devices, as T5X's 1-D rules do. The `fsdp` axis
+(fully sharded data parallelism, MaxText's name) is a data-parallel axis that also splits
+every parameter's `embed` dimension, with the optimiser state and gradients that follow
+it: batches are split over `data` and `fsdp` together, and XLA gathers each layer's
+weights where the layer runs. With `fsdp` and `model` of 1 this is plain data parallelism.
 """
 
 import argparse
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-DATA, MODEL = "data", "model"
+log = logging.getLogger(__name__)
 
-# T5X's `standard_logical_axis_rules()` (partitioning.py) for 1-D parameter partitioning.
-LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", DATA),
+DATA, FSDP, MODEL = "data", "fsdp", "model"
+BATCH_AXES = (DATA, FSDP)  # the mesh axes a batch's rows are split over
+
+# T5X's `standard_logical_axis_rules()` (partitioning.py) for 1-D parameter partitioning,
+# with `batch` over both data-parallel axes and `embed` over `fsdp`. Rules are taken in
+# order and a mesh axis once per array: an activation's `batch` takes `fsdp` first, so its
+# `embed` stays whole; a parameter has no `batch`, so its `embed` is split.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
     ("vocab", MODEL),
-    ("embed", None),
+    ("embed", FSDP),
     ("mlp", MODEL),
     ("heads", MODEL),
     ("kv", None),
@@ -37,16 +46,58 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def make_mesh(model_parallelism: int = 1) -> Mesh:
-    """All devices of all hosts as `data` x `model`; each host's devices are contiguous in
-    the `data` axis, so a host's rows of a global batch sit on its own devices."""
-    devices = np.array(jax.devices())
-    if model_parallelism < 1 or jax.local_device_count() % model_parallelism:
+def make_mesh(
+    model_parallelism: int = 1,
+    fsdp_parallelism: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """`devices` (all devices of all hosts) as `data` x `fsdp` x `model`, laid out on the
+    physical topology by `mesh_utils` on TPUs (several slices: `data` across them, over
+    DCN), in process order elsewhere. An `fsdp` axis may span hosts; a `model` axis
+    spans hosts only whole (warned: its traffic is every layer's)."""
+    devices = list(jax.devices() if devices is None else devices)
+    hosts = len({d.process_index for d in devices})
+    per_host = len(devices) // hosts
+    if model_parallelism < 1 or (per_host % model_parallelism and model_parallelism % per_host):
         raise ValueError(
-            f"model_parallelism ({model_parallelism}) must divide each host's "
-            f"{jax.local_device_count()} devices: a model axis spans one host"
+            f"model_parallelism ({model_parallelism}) must divide each host's {per_host} "
+            "devices, or be a multiple of them (a model axis over whole hosts)"
         )
-    return Mesh(devices.reshape(-1, model_parallelism), (DATA, MODEL))
+    if model_parallelism > per_host:
+        log.warning(
+            "the model axis spans %d hosts: every layer's collectives cross the network "
+            "between hosts (DCN), far slower than the links inside one (ICI, NVLink); "
+            "prefer train.fsdp_parallelism across hosts",
+            model_parallelism // per_host,
+        )
+    if fsdp_parallelism < 1 or len(devices) % (fsdp_parallelism * model_parallelism):
+        raise ValueError(
+            f"fsdp_parallelism x model_parallelism ({fsdp_parallelism} x {model_parallelism}) "
+            f"must divide the {len(devices)} devices"
+        )
+    shape = (len(devices) // (fsdp_parallelism * model_parallelism), fsdp_parallelism)
+    shape += (model_parallelism,)
+    return Mesh(_device_grid(shape, devices), (DATA, FSDP, MODEL))
+
+
+def _device_grid(shape: tuple[int, ...], devices: list[jax.Device]) -> np.ndarray:
+    """The devices in `shape`: on TPUs by the physical topology (`mesh_utils`: axes on
+    ICI neighbours, and the data axis across slices of a multislice job), elsewhere in
+    process order, so that each host's devices are contiguous."""
+    if devices[0].platform != "tpu":
+        return np.array(devices).reshape(shape)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1 and shape[0] % slices == 0:
+        within = (shape[0] // slices, *shape[1:])
+        return mesh_utils.create_hybrid_device_mesh(
+            within, (slices, 1, 1), devices, allow_split_physical_axes=True
+        )
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways a batch's rows are split: the data-parallel devices."""
+    return mesh.shape[DATA] * mesh.shape[FSDP]
 
 
 def logical_shardings(mesh: Mesh, boxed_tree) -> object:
@@ -69,8 +120,8 @@ def abstract_arrays(tree, shardings) -> object:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows split over `data`, the rest of each array whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA))
+    """Rows split over `data` and `fsdp`, the rest of each array whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def global_batch(mesh: Mesh, local: Mapping) -> dict:
@@ -82,10 +133,24 @@ def global_batch(mesh: Mesh, local: Mapping) -> dict:
     )
 
 
-def host_share(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This host's equal share of the rows of a batch that every host holds whole."""
-    hosts, index = jax.process_count(), jax.process_index()
-    return {k: np.array_split(v, hosts)[index] for k, v in batch.items()}
+def whole_batch(mesh: Mesh, batch: Mapping[str, np.ndarray]) -> dict:
+    """A batch that every host holds whole as global arrays split by `batch_sharding`:
+    each device takes its rows, whatever hosts and layout the mesh has."""
+    return place(dict(batch), jax.tree.map(lambda _: batch_sharding(mesh), dict(batch)))
+
+
+def row_groups(mesh: Mesh) -> tuple[int, int]:
+    """(groups, this host's group). A batch's rows are split over the data-parallel axes;
+    hosts whose devices hold the same rows (a `model` axis across hosts) form a group,
+    which reads its rows together: the groups, not the hosts, split the training data."""
+    holders: dict[int, set[int]] = {}
+    for shard, devices in enumerate(mesh.devices.reshape(batch_shards(mesh), -1)):
+        for device in devices:
+            holders.setdefault(device.process_index, set()).add(shard)
+    groups = sorted({tuple(sorted(shards)) for shards in holders.values()})
+    if sum(map(len, groups)) != batch_shards(mesh):
+        raise ValueError(f"hosts hold overlapping sets of a batch's rows: {groups}")
+    return len(groups), groups.index(tuple(sorted(holders[jax.process_index()])))
 
 
 def place(tree, shardings) -> object:
@@ -130,7 +195,7 @@ def initialize_distributed(
         jax.distributed.initialize()
     else:
         return
-    logging.info("process %d of %d joined", jax.process_index(), jax.process_count())
+    log.info("process %d of %d joined", jax.process_index(), jax.process_count())
 
 
 def _several_slurm_tasks() -> bool:

@@ -12,12 +12,14 @@ JSONL dataset NAME is known once `--task_module` imports the module that declare
 """
 
 import argparse
+import contextlib
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from dsbs_jax import console
 from dsbs_jax.data import release, synthetic
 from dsbs_jax.data.builders import BUILDERS
 
@@ -34,7 +36,14 @@ def build(
         )
     builder = BUILDERS[dataset](data_dir=str(data_dir))
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
-    builder.download_and_prepare(download_config=config)
+    if not builder.is_prepared():
+        print(f"dsbs-prepare: building {builder.name} in {builder.data_dir}", file=sys.stderr)
+    # TFDS announces a download (there is none: the data is local) on stdout.
+    quiet = (
+        contextlib.nullcontext() if console.libraries_shown() else contextlib.redirect_stdout(None)
+    )
+    with quiet:
+        builder.download_and_prepare(download_config=config)
     if dataset == SYNTHETIC:
         vocabulary = data_dir / builder.name / "sentencepiece.model"
         if not vocabulary.exists():
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a module that declares JSONL datasets, imported first (repeatable)",
     )
+    console.setup(parser, argv)
     args = parser.parse_args(argv)
     try:
         import_task_modules(args.task_module)

@@ -1,7 +1,10 @@
 """What a long run shows while it works: a progress line, and its throughput figures."""
 
+import collections
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 # Peak dense bfloat16 FLOP/s per device, by `jax.Device.device_kind`, for MFU. Devices not
 # listed (CPUs) get MFU only when `peak_flops_per_device` is given.
@@ -17,37 +20,106 @@ PEAK_FLOPS = {
 }
 
 
-def _duration(seconds: float) -> str:
+PERIOD = 10.0  # seconds between two progress lines of a `Counter`
+
+
+def duration(seconds: float) -> str:
+    """H:MM:SS."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Progress:
-    """One line per `period` seconds: step, loss, steps/s, examples/s and ETA."""
+    """The training loop's progress: one line per `period` seconds with step, loss, and
+    steps/s, examples/s and ETA over the last `window` seconds of training.
 
-    def __init__(self, total_steps: int, first_step: int, period: float = 10.0, stream=None):
-        self.total, self.period = total_steps, period
-        self.stream = stream or sys.stderr
-        self.start_step, self.start_time = first_step, time.monotonic()
+    Honest about time: the first step of a process (compilation) is reported on its own
+    and counts in no rate, evaluations are timed apart from steps, and the ETA is the steps
+    left at the recent rate plus the evaluations left at the last one's duration.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        eval_period: int | None = None,
+        period: float = 10.0,
+        window: float = 60.0,
+        stream=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.eval_period = total_steps, eval_period
+        self.period, self.window = period, window
+        self.stream, self.time = stream or sys.stderr, clock
+        self.start_time = clock()
         self.last_print = 0.0
+        self.recent: collections.deque[tuple[int, float]] = collections.deque()
+        self.paused = 0.0  # seconds spent evaluating, kept out of the step rate
+        self.eval_seconds: float | None = None
+        self.first_done: tuple[int, float] | None = None  # (step, clock) of the first step
+        self.last_done: tuple[int, float] | None = None
 
-    def rate(self, step: int) -> float:
-        """Steps per second since the first step of this process."""
-        elapsed = time.monotonic() - self.start_time
-        return (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+    def compiling(self) -> None:
+        """Say that the first step is compiling (before it is dispatched)."""
+        self.start_time = self.time()
+        print("compiling the train step...", file=self.stream, flush=True)
+
+    def _clock(self) -> float:
+        return self.time() - self.paused
+
+    def rate(self) -> float:
+        """Steps per second over the recent window; 0 until a second step is done."""
+        if len(self.recent) < 2:
+            return 0.0
+        (step0, time0), (step1, time1) = self.recent[0], self.recent[-1]
+        return (step1 - step0) / (time1 - time0) if time1 > time0 else 0.0
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left: steps at the recent rate, evaluations at the last one's duration."""
+        rate = self.rate()
+        if not rate:
+            return None
+        evals = 0
+        if self.eval_period:
+            evals = self.total // self.eval_period - step // self.eval_period
+            evals += self.total % self.eval_period != 0  # the last step evaluates too
+        return (self.total - step) / rate + evals * (self.eval_seconds or 0.0)
+
+    def steps_per_second(self) -> float | None:
+        """This process's mean rate after its first step; None before a second step."""
+        if self.first_done is None or self.last_done[0] == self.first_done[0]:
+            return None
+        (step0, time0), (step1, time1) = self.first_done, self.last_done
+        return (step1 - step0) / max(time1 - time0, 1e-9)
 
     def update(self, step: int, loss: float, examples_per_step: float, force: bool = False) -> None:
-        now = time.monotonic()
+        """Step `step` is done (its metrics read)."""
+        now = self._clock()
+        if self.first_done is None:
+            seconds = self.time() - self.start_time
+            print(f"compiled and ran step {step} in {seconds:.1f} s", file=self.stream, flush=True)
+            self.last_print, self.first_done = now, (step, now)
+        self.last_done = (step, now)
+        self.recent.append((step, now))
+        while len(self.recent) > 2 and now - self.recent[1][1] > self.window:
+            self.recent.popleft()
         if not force and now - self.last_print < self.period:
             return
         self.last_print = now
-        rate = self.rate(step)
-        eta = _duration((self.total - step) / rate) if rate else "?"
+        rate, eta = self.rate(), self.eta(step)
         line = (
             f"step {step}/{self.total} ({step / self.total:.0%})  loss {loss:.4f}  "
-            f"{rate:.2f} steps/s  {rate * examples_per_step:.1f} examples/s  ETA {eta}"
+            f"{rate:.2f} steps/s  {rate * examples_per_step:.1f} examples/s  "
+            f"ETA {'?' if eta is None else duration(eta)}"
         )
         print(line, file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Time an evaluation: out of the step rate, into the ETA's evaluations."""
+        start = self.time()
+        yield
+        self.eval_seconds = self.time() - start
+        self.paused += self.eval_seconds
 
     def note(self, step: int, kind: str, figures: dict[str, float]) -> None:
         """A one-line report, e.g. of an evaluation."""
@@ -97,8 +169,8 @@ class Throughput:
 
 
 class Counter:
-    """One line per `period` seconds (and when forced) for a job of `total` items:
-    done/total, percent, items/s, ETA, then any `extra` figures (e.g. `skipped=3`).
+    """One line per `period` seconds (PERIOD; and when forced) for a job of `total` items:
+    [label: ] done/total, percent, items/s, ETA, then any `extra` figures (`skipped=3`).
 
     `initial` items were done before this process started (a resumed job); the rate and
     ETA count only this process's own work.
@@ -108,11 +180,14 @@ class Counter:
         self,
         total: int,
         unit: str = "examples",
-        period: float = 10.0,
+        period: float | None = None,
         stream=None,
         initial: int = 0,
+        label: str = "",
     ):
-        self.total, self.unit, self.period = total, unit, period
+        self.total, self.unit = total, unit
+        self.period = PERIOD if period is None else period
+        self.prefix = f"{label}: " if label else ""
         self.stream = stream or sys.stderr
         self.initial, self.start_time = initial, time.monotonic()
         self.last_print = self.start_time
@@ -124,8 +199,9 @@ class Counter:
         self.last_print = now
         elapsed = now - self.start_time
         rate = (done - self.initial) / elapsed if elapsed > 0 else 0.0
-        eta = _duration((self.total - done) / rate) if rate > 0 else "?"
+        eta = duration((self.total - done) / rate) if rate > 0 else "?"
         share = done / self.total if self.total else 1.0
-        line = f"{done}/{self.total} {self.unit} ({share:.0%})  {rate:.1f} {self.unit}/s  ETA {eta}"
+        line = f"{self.prefix}{done}/{self.total} {self.unit} ({share:.0%})  "
+        line += f"{rate:.1f} {self.unit}/s  ETA {eta}"
         line += "".join(f"  {name.replace('_', ' ')} {value}" for name, value in extra.items())
         print(line, file=self.stream, flush=True)

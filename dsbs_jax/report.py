@@ -29,7 +29,7 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-from dsbs_jax import results
+from dsbs_jax import console, results
 from dsbs_jax.files import write_atomically
 
 LABEL_KINDS = ("_label_", "_cot_")
@@ -173,22 +173,6 @@ def csv_table(groups: Sequence[Group]) -> str:
 # -------------------------------------------------------------------------------------------
 
 
-def read_scalars(directory: str, tag: str) -> dict[int, float]:
-    """A TensorBoard tag's value per step (TF2 tensor summaries). Event files are read
-    oldest first, so a step written again (after a restart) counts with its newest value."""
-    import tensorflow as tf  # Only here: the table and the other plots do without it.
-
-    paths = tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))
-    values = {}
-    for path in sorted(paths, key=lambda p: (tf.io.gfile.stat(p).mtime_nsec, p)):
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
-    return values
-
-
 def method_colours(methods: Iterable[str]) -> dict[str, Any]:
     """The same colour for a method in every plot."""
     return {m: f"C{i % 10}" for i, m in enumerate(sorted(set(methods)))}
@@ -240,6 +224,9 @@ def curve_runs(scores: Iterable[Score]) -> list[Score]:
 
 def curves_figure(runs: Sequence[Score], metric: str) -> Figure:
     """Training loss and validation metric against the step, one line per run."""
+    # Only here: the table and the other plots do without TensorFlow.
+    read_scalars = console.quiet_import("dsbs_jax.writers").read_scalars
+
     colours = method_colours(s.method for s in runs)
     figure = Figure(figsize=(13, 4.5), layout="constrained")
     loss_ax, metric_ax = figure.subplots(1, 2)
@@ -292,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, help="where the table and plots go")
     parser.add_argument("--split", default="test", help="the split to report (default: test)")
     parser.add_argument("--metric", default="accuracy", help="the metric (default: accuracy)")
+    console.setup(parser, argv)
     args = parser.parse_args(argv)
     missing = [d for d in args.directories if not epath.Path(d).is_dir()]
     if missing:

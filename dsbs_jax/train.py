@@ -12,7 +12,9 @@ Running the same command again resumes from the newest checkpoint in MODEL_DIR (
 teacher, never part of it, is loaded again); SIGTERM saves one and exits 0. Outputs in
 MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under `train/` and
 `validation/`, `run.json` (what was trained, for `dsbs-report`), and the final evaluation's
-`eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes).
+`eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes). With
+`train.wandb_project`, the scalars go to a Weights & Biases run too (`wandb/`,
+`wandb_run_id`).
 """
 
 import dataclasses
@@ -21,15 +23,15 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
 import gin
-from dsbs_jax import checkpoints, gin_utils, losses, partitioning, results
+from dsbs_jax import checkpoints, console, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
 from dsbs_jax.data import packing
 from dsbs_jax.data.pairing import (
@@ -44,8 +46,11 @@ from dsbs_jax.gin_utils import ConfigError
 from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.models import T5Config
 from dsbs_jax.optimizers import Optimizer
-from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput
+from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput, duration
 from dsbs_jax.trainer import Distillation, LossOptions, Trainer, TrainState
+from dsbs_jax.writers import Summaries, gin_bindings, import_wandb, read_scalars
+
+log = logging.getLogger(__name__)
 
 Lengths = Mapping[str, int]
 TRAIN, VALIDATION = "train", "validation"
@@ -66,17 +71,48 @@ class TrainResult:
     validation: dict  # the last evaluation's figures
     final: dict  # per split of `final_eval_splits`, per label task, its metrics
     predictions: list[str]  # the final evaluation's predictions files
+    run: dict  # run.json: method, dataset, tasks, fraction, steps
+    seconds: float  # this process's wall time
+    examples_per_second: float | None  # over its training steps, compilation excluded
+    best: tuple[str, float, int] | None  # (metric, value, step) of all validations on disk
 
     def summary(self) -> str:
-        """What a person wants to see at the end: where things are, and the scores."""
-        lines = [f"stopped at step {self.step}" + (" (SIGTERM)" if self.preempted else "")]
-        for split, tasks in self.final.items():
-            for task, metrics in tasks.items():
+        """What a person copies into a lab notebook: what was trained, how fast, how well,
+        and where everything is."""
+        run = self.run
+        tasks = ", ".join(filter(None, [run["label_task"], run["rationale_task"]]))
+        lines = [
+            f"stopped at step {self.step} of {run['train_steps']}"
+            + (" (SIGTERM)" if self.preempted else ""),
+            f"trained {run['method']} on {run['dataset']} ({tasks}), "
+            f"{run['train_fraction']:.0%} of the training set",
+        ]
+        speed = "" if self.examples_per_second is None else f", {self.examples_per_second:.1f} "
+        speed += "examples/s while training" if speed else ""
+        lines.append(f"wall time {duration(self.seconds)}{speed}")
+        if self.best:
+            metric, value, step = self.best
+            lines.append(f"best validation {metric} {value:.4g} at step {step}")
+        for split, tasks_metrics in self.final.items():
+            for task, metrics in tasks_metrics.items():
                 figures = ", ".join(f"{k} {v:.1f}" for k, v in metrics.items() if "/" not in k)
                 lines.append(f"{split} {task}: {figures}")
+        lines.append(f"checkpoints: {os.path.join(self.model_dir, results.CHECKPOINTS_DIR)}")
         lines.append(f"TensorBoard: tensorboard --logdir {self.model_dir}")
         lines += [f"predictions: {path}" for path in self.predictions]
         return "\n".join(lines)
+
+
+def best_validation(model_dir: str) -> tuple[str, float, int] | None:
+    """The best validation figure the run has logged, on the metric checkpoints are ranked
+    by: accuracy, or the label loss where the task has none."""
+    directory = os.path.join(model_dir, VALIDATION)
+    for metric, best in (("accuracy", max), ("loss/label", min)):
+        values = read_scalars(directory, metric)
+        if values:
+            step = best(values, key=lambda s: (values[s], -s) if best is max else (values[s], s))
+            return metric, values[step], step
+    return None
 
 
 # -------------------------------------------------------------------------------------------
@@ -123,8 +159,8 @@ def check_batch(
 ) -> None:
     """Padded batches split their examples over the data axis and microbatches; packed
     ones split their rows, whose number `row_multiple` makes fit."""
-    data_devices = mesh.shape[partitioning.DATA]
-    hosts = jax.process_count()
+    data_devices = partitioning.batch_shards(mesh)
+    groups, _ = partitioning.row_groups(mesh)
     if eval_batch_size % data_devices:
         raise ConfigError(
             f"train.eval_batch_size {eval_batch_size} must be a multiple of the data axis "
@@ -135,9 +171,10 @@ def check_batch(
             f"BATCH_SIZE {batch_size} must be a multiple of the data axis ({data_devices} "
             f"devices) times num_microbatches ({num_microbatches})"
         )
-    if shards % hosts or batch_size % shards:
+    if shards % groups or batch_size % shards:
         raise ConfigError(
-            f"data_shards ({shards}) must be a multiple of the {hosts} hosts and divide "
+            f"data_shards ({shards}) must be a multiple of the {groups} groups of hosts "
+            f"that read their own rows (hosts, or hosts sharing a model axis) and divide "
             f"BATCH_SIZE {batch_size}"
         )
 
@@ -187,7 +224,7 @@ def check_lengths(
             + "\n(or bind train.allow_truncation = True to truncate them)"
         )
     for problem in problems:
-        logging.warning("truncating: %s", problem)
+        log.warning("truncating: %s", problem)
     return scanned
 
 
@@ -209,7 +246,7 @@ def plan_packing(
 def row_multiple(mesh: jax.sharding.Mesh, num_microbatches: int, shards: int) -> int:
     """What one shard's packed rows per step must be a multiple of, so that a step's rows
     (all shards') split evenly over the data axis and the microbatches."""
-    needed = mesh.shape[partitioning.DATA] * num_microbatches
+    needed = partitioning.batch_shards(mesh) * num_microbatches
     return needed // math.gcd(needed, shards)
 
 
@@ -321,23 +358,24 @@ def host_batches(
     pack: bool,
     topk: Mapping[str, str] | None = None,
     shapes: Mapping[str, packing.RowShape] | None = None,
+    group: tuple[int, int] = (1, 0),
 ) -> Iterator[tuple[dict, list[int]]]:
     """This host's rows of each global batch, and the examples each of its shards put in
     the step. The training split is read as `data_shards` shards, each contributing
     `batch_size / data_shards` examples per step, padded, or with `pack` packed into
-    `shapes` rows (that many on average); a host reads its contiguous run of shards,
-    shard `i` from its `consumed[i]`-th example on. For a given `data_shards`, the global
-    batch is therefore the same whatever the number of hosts, and a restart continues the
-    same stream.
+    `shapes` rows (that many on average); a host reads its `group`'s contiguous run of
+    shards (`(groups, index)`: `partitioning.row_groups`), shard `i` from its
+    `consumed[i]`-th example on. For a given `data_shards`, the global batch is therefore
+    the same whatever the number of hosts, and a restart continues the same stream.
 
     Sides that are mixtures are sampled independently (`independent_batches`: with `pack`,
     SeqIO's packing into `batch_size` rows) and restart by replaying `consumed[i] / rows` steps."""
     paired = all_tasks(sides)
-    per_host = data_shards // jax.process_count()
-    first = jax.process_index() * per_host
+    groups, index = group
+    per_group = data_shards // groups
     rows = batch_size // data_shards
     streams = []
-    for shard in range(first, first + per_host):
+    for shard in range(index * per_group, (index + 1) * per_group):
         info = seqio.ShardInfo(index=shard, num_shards=data_shards)
         start = consumed[shard]
         if paired and pack:
@@ -442,9 +480,7 @@ class Validation:
         for side, batches in self.loss_batches.items():
             total, tokens = 0.0, 0.0
             for batch in batches:
-                global_batch = partitioning.global_batch(
-                    self.trainer.mesh, partitioning.host_share(batch)
-                )
+                global_batch = partitioning.whole_batch(self.trainer.mesh, batch)
                 sums = self.trainer.run_eval_step(params, {side: global_batch})[side]
                 total, tokens = total + float(sums[0]), tokens + float(sums[1])
             figures[f"loss/{side}"] = total / max(tokens, 1.0)
@@ -470,24 +506,6 @@ class Validation:
 # -------------------------------------------------------------------------------------------
 # Outputs
 # -------------------------------------------------------------------------------------------
-
-
-class Summaries:
-    """TensorBoard scalars under MODEL_DIR/{train,validation}, written by the first host."""
-
-    def __init__(self, model_dir: str):
-        self.writers = {}
-        self.model_dir = model_dir
-
-    def write(self, kind: str, step: int, scalars: Mapping[str, float]) -> None:
-        if jax.process_index() != 0:
-            return
-        if kind not in self.writers:
-            self.writers[kind] = tf.summary.create_file_writer(os.path.join(self.model_dir, kind))
-        with self.writers[kind].as_default(step=step):
-            for name, value in scalars.items():
-                tf.summary.scalar(name, value)
-        self.writers[kind].flush()
 
 
 class _Preemption:
@@ -574,6 +592,7 @@ def train(
     train_fraction: float = 1.0,
     num_microbatches: int = 1,
     model_parallelism: int = 1,
+    fsdp_parallelism: int = 1,
     loss_options: LossOptions | None = None,
     keep_checkpoints: int = 3,
     keep_best: int = 1,
@@ -596,6 +615,8 @@ def train(
     hidden_layers: Sequence[Sequence[str]] = (("decoder:-1", "decoder:-1"),),
     hidden_kind: str = "mse",
     read_metrics_late: bool | None = None,
+    wandb_project: str | None = None,
+    wandb_entity: str | None = None,
 ) -> TrainResult:
     """Train until `train_steps` (or SIGTERM), evaluating and checkpointing periodically.
 
@@ -609,11 +630,20 @@ def train(
     (`Distillation`: `kd_temperature`, `kd_direction`, `kd_tasks`, `teacher_dtype`,
     `hidden_kind`).
 
+    The mesh is `data` x `fsdp` x `model` (`partitioning.make_mesh`): `model_parallelism`
+    devices split each layer, `fsdp_parallelism` devices split every parameter and its
+    optimiser state (and the online teacher's) while sharing the batch's rows with `data`.
+
     `read_metrics_late` reads each step's metrics after the next step is dispatched (None:
     on accelerators, where the host's work is then free; not on CPUs, where the host and
     XLA compete for the same cores: 9% slower there, `bench/dispatch.py`).
+
+    `wandb_project` (and `wandb_entity`) log the scalars to a Weights & Biases run too, its
+    config the operative gin bindings; a run resumed from MODEL_DIR continues the same W&B
+    run (`dsbs_jax/writers.py`). The API key comes from the environment only.
     """
     del registered_tasks
+    started = time.monotonic()
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
     if unset:
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/train.gin)")
@@ -623,12 +653,12 @@ def train(
         raise ConfigError(f"these must be at least 1: {periods}")
     try:
         weights = losses.task_weights(mode, alpha)
-        mesh = partitioning.make_mesh(model_parallelism)
+        mesh = partitioning.make_mesh(model_parallelism, fsdp_parallelism)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     sides = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
     check_splits(sides[losses.LABEL][0], final_eval_splits)
-    data_shards = data_shards or jax.process_count()
+    data_shards = data_shards or partitioning.row_groups(mesh)[0]
     paired = all_tasks(sides)
     check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards, pack and paired)
     scanned = check_lengths(sides, allow_truncation)
@@ -636,7 +666,7 @@ def train(
     if pack:  # evaluation's losses: each side alone, its rows over the whole data axis
         eval_shapes = {
             side: plan_packing(
-                {side: sides[side]}, scanned, eval_batch_size, mesh.shape[partitioning.DATA], seed
+                {side: sides[side]}, scanned, eval_batch_size, partitioning.batch_shards(mesh), seed
             )[side]
             for side in sides
         }
@@ -649,6 +679,8 @@ def train(
                 file=sys.stderr,
             )
     check_distillation(teacher_checkpoint_path, teacher_topk_dir, kd_weight, hidden_weight)
+    if wandb_project:
+        import_wandb()  # installed? (before any work)
 
     distillation, teacher = None, None
     if teacher_checkpoint_path or teacher_topk_dir:
@@ -690,7 +722,12 @@ def train(
         topk = topk_sides(teacher_topk_dir, sides, trainer.kd_tasks, model_config.vocab_size)
     checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
     saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
-    with _Preemption() as preemption:
+    wandb = None
+    if wandb_project:  # a run restarted from a checkpoint continues its W&B run
+        resume = saved.latest_step() is not None
+        config = gin_bindings(gin.operative_config_str())
+        wandb = dict(project=wandb_project, entity=wandb_entity, resume=resume, config=config)
+    with _Preemption() as preemption, Summaries(model_dir, wandb) as summaries:
         state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
         # The teacher is never in the student's checkpoints: placed again on every start.
         teacher_params = None if teacher is None else trainer.place_teacher(teacher)
@@ -748,14 +785,17 @@ def train(
             trainer,
             saved,
             validation,
-            Summaries(model_dir),
+            summaries,
             data_position,
             consumed,
             read_metrics_late,
         )
         loop.teacher_params = teacher_params
         loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
-        batches = host_batches(sides, batch_size, seed, data_shards, consumed, pack, topk, shapes)
+        group = partitioning.row_groups(mesh)
+        batches = host_batches(
+            sides, batch_size, seed, data_shards, consumed, pack, topk, shapes, group
+        )
         try:
             state, preempted = loop.run(
                 state, batches, preemption, train_steps, log_period, checkpoint_period, eval_period
@@ -784,7 +824,22 @@ def train(
                         decoding={"method": "greedy"},
                     )
     step = int(state.step)
-    return TrainResult(model_dir, step, preempted, loop.last_eval, final, predictions)
+    rate = loop.progress.steps_per_second() if loop.progress else None
+    examples_per_second = rate and rate * loop.throughput.mean_examples
+    best = best_validation(model_dir) if jax.process_index() == 0 else None
+    seconds = time.monotonic() - started
+    return TrainResult(
+        model_dir,
+        step,
+        preempted,
+        loop.last_eval,
+        final,
+        predictions,
+        run,
+        seconds,
+        examples_per_second,
+        best,
+    )
 
 
 class _Loop:
@@ -800,26 +855,33 @@ class _Loop:
         self.summaries, self.data_position = summaries, data_position
         self.read_late = read_late
         self.consumed = list(consumed)  # examples trained on, per shard of all hosts
+        # The groups of hosts that read their own rows (`partitioning.row_groups`), and
+        # the shards this host's group reads.
+        self.groups, group = partitioning.row_groups(trainer.mesh)
+        per_group = len(self.consumed) // self.groups
+        self.shards = slice(group * per_group, (group + 1) * per_group)
         self.peak_flops: float | None = None
         self.teacher_params = None  # placed by `Trainer.place_teacher`, when it distils
         self.last_eval: dict = {}
+        self.progress: Progress | None = None  # this process's, once it has run
+        self.throughput: Throughput | None = None
 
     def _evaluate(self, state: TrainState, progress: Progress) -> dict:
         step = int(state.step)
-        self.last_eval, _ = self.validation.evaluate(state.params)
+        with progress.evaluating():
+            self.last_eval, _ = self.validation.evaluate(state.params)
         self.summaries.write(VALIDATION, step, self.last_eval)
         progress.note(step, VALIDATION, self.last_eval)
         # Checkpoints are ranked by accuracy; a label task without one by its loss.
         return {"accuracy": self.last_eval.get("accuracy", -self.last_eval["loss/label"])}
 
-    def _host_shards(self) -> slice:
-        per_host = len(self.consumed) // jax.process_count()
-        return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
-
     def _position(self, step: int) -> dict:
-        """The data position at `step`: every host's shards' counts (a collective)."""
-        counts = partitioning.gather(np.array(self.consumed[self._host_shards()]))
-        return {**self.data_position, "step": step, CONSUMED: counts.reshape(-1).tolist()}
+        """The data position at `step`: every group's shards' counts (a collective; each
+        host knows only its own group's)."""
+        known = np.full(len(self.consumed), -1)
+        known[self.shards] = self.consumed[self.shards]
+        counts = partitioning.gather(known).reshape(-1, len(self.consumed)).max(axis=0)
+        return {**self.data_position, "step": step, CONSUMED: counts.tolist()}
 
     def run(
         self,
@@ -834,27 +896,28 @@ class _Loop:
         """Train to `train_steps`; returns the state and whether SIGTERM stopped it first."""
         trainer, mesh = self.trainer, self.trainer.mesh
         step = int(state.step)
-        progress = Progress(train_steps, step)
-        throughput, pending, shards = None, None, self._host_shards()
+        self.progress = progress = Progress(train_steps, eval_period)
+        pending, shards = None, self.shards
 
         def record(step, metrics, examples, tokens, positions):
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             _finite(metrics, step)
-            throughput.add(examples, tokens, positions)
+            self.throughput.add(examples, tokens, positions)
             last = step == train_steps
             if step % log_period == 0 or last:
-                self.summaries.write(TRAIN, step, {**metrics, **throughput.read()})
-            progress.update(step, metrics["loss"], throughput.mean_examples, force=last)
+                self.summaries.write(TRAIN, step, {**metrics, **self.throughput.read()})
+            progress.update(step, metrics["loss"], self.throughput.mean_examples, force=last)
 
         while step < train_steps:
             local, counts = next(batches)
             batch = partitioning.global_batch(
                 mesh, {side: _model_features(f) for side, f in local.items()}
             )
-            if throughput is None:
+            if self.throughput is None:
+                progress.compiling()
                 # Both per device: XLA counts the FLOPs of one device's share of the step.
                 flops = trainer.flops_per_step(state, batch, self.teacher_params)
-                throughput = Throughput(flops, self.peak_flops)
+                self.throughput = Throughput(flops, self.peak_flops)
             state, metrics = trainer.run_train_step(state, batch, self.teacher_params)
             step += 1
             if pending is not None:
@@ -862,9 +925,9 @@ class _Loop:
             self.consumed[shards] = [
                 c + n for c, n in zip(self.consumed[shards], counts, strict=True)
             ]
-            hosts = jax.process_count()
+            groups = self.groups
             tokens, positions = _count_tokens(local)
-            pending = (step, metrics, sum(counts) * hosts, tokens * hosts, positions * hosts)
+            pending = (step, metrics, sum(counts) * groups, tokens * groups, positions * groups)
             last = step == train_steps
             preempted = preemption.reached(step, log_period)  # then save, without evaluating
             due = step % eval_period == 0 or last
@@ -875,7 +938,7 @@ class _Loop:
             if step % checkpoint_period == 0 or last or preempted or evaluated:
                 self.saved.save(state, trainer.config, self._position(step), evaluated)
             if preempted:
-                logging.warning("SIGTERM: saved step %d and stopping", step)
+                log.warning("SIGTERM: saved step %d and stopping", step)
                 return state, True
         return state, False
 
@@ -886,9 +949,12 @@ class _Loop:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = gin_utils.flag_parser("dsbs-train", __doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    examples = ("TRAIN_STEPS=1000", "train.log_period=10", "MODEL_DIR=\"'/tmp/run'\"")
+    parser = gin_utils.flag_parser("dsbs-train", __doc__, "runs/train.gin", examples)
+    console.setup(parser, argv)
     try:
-        result = gin_utils.run_configured(parser, train, sys.argv[1:] if argv is None else argv)
+        result = gin_utils.run_configured(parser, train, argv)
     except ConfigError as error:
         print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
         return 2

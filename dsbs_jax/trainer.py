@@ -250,13 +250,22 @@ class Trainer:
         }
 
     def _state_sharding(self, abstract_state: TrainState) -> TrainState:
-        """Optimiser moments shaped like a parameter are placed like it; the rest (counts,
-        Adafactor's factored rows and columns) is small and replicated."""
+        """Optimiser moments shaped like a parameter are placed like it, and Adafactor's
+        factored rows and columns (the parameter's shape less one dimension) like the
+        dimensions they keep; the rest (counts) is replicated."""
         replicated = NamedSharding(self.mesh, PartitionSpec())
 
         def like_param(leaf, param_sharding, param):
-            matches = isinstance(leaf, jax.ShapeDtypeStruct) and leaf.shape == param.shape
-            return param_sharding if matches else replicated
+            if not isinstance(leaf, jax.ShapeDtypeStruct):
+                return replicated
+            if leaf.shape == param.shape:
+                return param_sharding
+            spec = tuple(param_sharding.spec) + (None,) * param.ndim
+            for dropped in reversed(range(param.ndim if param.ndim > 1 else 0)):
+                kept = [d for d in range(param.ndim) if d != dropped]
+                if leaf.shape == tuple(param.shape[d] for d in kept):
+                    return NamedSharding(self.mesh, PartitionSpec(*(spec[d] for d in kept)))
+            return replicated
 
         projections_sharding = jax.tree.map(lambda _: replicated, abstract_state.projections)
         opt_sharding = optax.tree_map_params(
@@ -508,7 +517,7 @@ class Trainer:
         rows = {len(x) for x in jax.tree.leaves(batch)}
         if any(r % m for r in rows):
             raise ValueError(f"a batch of {rows} rows does not split into {m} microbatches")
-        sharding = NamedSharding(self.mesh, PartitionSpec(None, partitioning.DATA))
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, partitioning.BATCH_AXES))
 
         def split(x):
             x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)

@@ -3,8 +3,11 @@
 import os
 import pathlib
 
-# Must precede the first jax import: gives sharding tests a 4-device CPU mesh.
+# Must precede the first jax import: gives sharding tests a 4-device CPU mesh. The tests
+# run on CPU devices: with libtpu installed (the test extra has it, for `dsbs-fit`'s
+# ahead-of-time TPU compiles) JAX would first probe for a TPU, in every subprocess too.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 

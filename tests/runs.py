@@ -2,6 +2,7 @@
 tiny model, in a subprocess with a given number of CPU devices."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,6 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# A line from TensorFlow's, XLA's or absl's C++ logging (`I0000 00:00:17.1 123 port.cc:153]`),
+# absl's Python logging, or TensorFlow's.
+LIBRARY_LINE = re.compile(
+    r"^([IWEF]\d{4} [\d:. ]+\S+:\d+\]"
+    r"|WARNING: All log messages"
+    r"|(WARNING|INFO|ERROR):(absl|tensorflow))"
+)
 # A tiny model over the quickstart's vocabulary, bound over the quickstart's model.
 TINY = dict(
     emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1

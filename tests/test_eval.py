@@ -15,7 +15,7 @@ from tiny import tiny_config
 from dsbs_jax import checkpoints, decoding, eval, inference, partitioning, report
 from dsbs_jax.evaluation import decode_by_length
 from dsbs_jax.models import T5
-from dsbs_jax.report import read_scalars
+from dsbs_jax.writers import read_scalars
 
 LABEL, RATIONALE = "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale"
 STEPS = (10, 20, 30)

@@ -7,7 +7,7 @@ import pytest
 import runs
 
 from dsbs_jax import checkpoints
-from dsbs_jax.report import read_scalars
+from dsbs_jax.writers import read_scalars
 
 TASKS = "dsbs_synthetic_label_llm,dsbs_synthetic_rationale"
 LENGTHS = ["--max_input_length", "64", "--max_tokens", "80"]  # the quickstart's inputs, rationales
@@ -38,7 +38,9 @@ def store(tmp_path_factory, tfds_data_dir, teacher):
 
 
 @pytest.mark.slow
-def test_the_store_holds_the_teachers_own_top_k_for_the_tasks_targets(store, teacher):
+def test_the_store_holds_the_teachers_own_top_k_for_the_tasks_targets(
+    store, teacher, registered_tasks
+):
     import jax
     import tensorflow as tf
 

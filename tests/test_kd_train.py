@@ -10,7 +10,7 @@ import pytest
 import runs
 
 from dsbs_jax import checkpoints, train
-from dsbs_jax.report import read_scalars
+from dsbs_jax.writers import read_scalars
 
 STEPS, RESTART = 12, 6
 

@@ -133,10 +133,13 @@ def test_four_microbatches_give_the_full_batch_loss_kd_and_update():
     )
 
 
-def test_model_axis_of_two_on_four_devices_matches_one_device():
+@pytest.mark.parametrize("model_parallelism, fsdp_parallelism", [(2, 1), (1, 4), (2, 2)])
+def test_a_distilling_step_on_a_sharded_mesh_matches_one_device(
+    model_parallelism, fsdp_parallelism
+):
     assert jax.device_count() == 4, "conftest gives the tests 4 host devices"
-    one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-    sharded = partitioning.make_mesh(model_parallelism=2)
+    one = partitioning.make_mesh(devices=jax.devices()[:1])
+    sharded = partitioning.make_mesh(model_parallelism, fsdp_parallelism)
     # A float32 teacher: the comparison is of placements, not of bfloat16 roundings.
     distillation = Distillation(TEACHER, 0.5, dtype="float32")
     teacher_params = _teacher_params()
@@ -151,12 +154,14 @@ def test_model_axis_of_two_on_four_devices_matches_one_device():
         results["sharded"][1],
         results["one"][1],
     )
-    # By default the teacher is placed by its own logical axes, in bfloat16.
+    # By default the teacher is placed by its own logical axes, in bfloat16: split over
+    # the model axis and, like the student, over fsdp.
     trainer = _trainer(Distillation(TEACHER, 0.5), mesh=sharded)
     teacher = trainer.place_teacher(teacher_params)
     wi = teacher["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
     assert wi.dtype == jax.numpy.bfloat16
-    assert wi.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    assert wi.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+    assert wi.addressable_shards[0].data.size == wi.size // (fsdp_parallelism * model_parallelism)
 
 
 def test_a_teacher_with_another_vocabulary_or_bad_options_is_refused():

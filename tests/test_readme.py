@@ -9,8 +9,10 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
+import runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -30,9 +32,10 @@ SH_COMMANDS = [block.replace("\\\n", " ") for block in re.findall(r"```sh\n(.*?)
 QUICKSTART_FLOOR = 3
 
 
-def run_tool(command: str, tmp_path: pathlib.Path) -> str:
+def run_tool(command: str, tmp_path: pathlib.Path) -> list[tuple[float, str]]:
     """Run a README command with this venv's console scripts, writing under `tmp_path`;
-    returns its standard output."""
+    returns its output lines (stdout and stderr as they came), each with the seconds since
+    the command started."""
     env = dict(os.environ)
     if command.startswith(SHELL_PREFIXES):  # files the next commands read
         argv = ["bash", "-c", command.replace("/tmp/", f"{tmp_path}/")]
@@ -42,9 +45,13 @@ def run_tool(command: str, tmp_path: pathlib.Path) -> str:
             name, value = argv.pop(0).split("=", 1)
             env[name] = value
         argv[0] = str(pathlib.Path(sys.executable).parent / argv[0].removeprefix(".venv/bin/"))
-    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert run.returncode == 0, f"{command}\n{run.stderr[-3000:]}"
-    return run.stdout
+    start = time.monotonic()
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = [(time.monotonic() - start, line.rstrip("\n")) for line in process.stdout]
+    assert process.wait() == 0, "\n".join([command, *(line for _, line in lines[-40:])])
+    return lines
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +61,17 @@ def readme_tmp(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def quickstart(readme_tmp) -> str:
-    """The first line's commands after the install (CI's own): prepare, then train."""
+def quickstart(readme_tmp) -> dict[str, list[tuple[float, str]]]:
+    """The first line's commands after the install (CI's own): prepare, then train; the
+    output lines of each."""
     first_line = README.split("```bash\n", 1)[1].splitlines()[0]
     commands = [c for c in first_line.split(" && ") if c.startswith(".venv/bin/dsbs-")]
     assert [c.split()[0] for c in commands] == [".venv/bin/dsbs-prepare", ".venv/bin/dsbs-train"]
-    return [run_tool(command, readme_tmp) for command in commands][-1]
+    return {c.split()[0].removeprefix(".venv/bin/dsbs-"): run_tool(c, readme_tmp) for c in commands}
+
+
+def text(lines: list[tuple[float, str]]) -> str:
+    return "\n".join(line for _, line in lines)
 
 
 @pytest.mark.slow
@@ -71,14 +83,34 @@ def test_quickstart_learns_well_above_the_majority_baseline(quickstart, readme_t
     assert accuracy == sum(r["correct"] for r in rows) / len(rows)
     majority = collections.Counter(r["target"] for r in rows).most_common(1)[0][1] / len(rows)
     print(f"quickstart test accuracy {accuracy:.1%}, majority baseline {majority:.1%}")
-    assert f"test dsbs_synthetic_label_llm: accuracy {100 * accuracy:.1f}" in quickstart
+    output = text(quickstart["train"])
+    assert f"test dsbs_synthetic_label_llm: accuracy {100 * accuracy:.1f}" in output
     assert accuracy >= QUICKSTART_FLOOR * majority, (accuracy, majority)
-    assert "TensorBoard: tensorboard --logdir" in quickstart
+    assert "TensorBoard: tensorboard --logdir" in output
+
+
+@pytest.mark.slow
+def test_the_quickstart_prints_ten_lines_of_ours_then_an_honest_eta(quickstart):
+    prepare, train = quickstart["prepare"], quickstart["train"]
+    first_step = next(i for i, (_, line) in enumerate(train) if line.startswith("compiled and"))
+    before = [line for _, line in prepare + train[:first_step]]
+    assert len(before) <= 10, before
+    assert not [line for line in before if runs.LIBRARY_LINE.match(line)], before
+    assert not [line for _, line in prepare + train if "error" in line.lower()]
+    # The first ETA against the time the training loop (its last evaluation) really took.
+    when, eta = next((t, line) for t, line in train if " ETA " in line)
+    hours, minutes, seconds = map(int, eta.split(" ETA ")[1].split(":"))
+    end = next(t for t, line in train if line.startswith("step 1500 validation:"))
+    estimate, truth = 3600 * hours + 60 * minutes + seconds, end - when
+    print(f"quickstart: {len(before)} lines before step 1; first ETA {estimate} s, {truth:.0f} s")
+    assert truth / 2 <= estimate <= 2 * truth, (eta, truth)
 
 
 @pytest.mark.parametrize("command", TOOL_COMMANDS)
 def test_tool_commands_run(command, quickstart, readme_tmp):
-    run_tool(command, readme_tmp)
+    """Each runs, and prints no line of TensorFlow's, XLA's or absl's logs."""
+    lines = run_tool(command, readme_tmp)
+    assert not [line for _, line in lines if runs.LIBRARY_LINE.match(line)], text(lines)
 
 
 def _rows(path: pathlib.Path) -> list[dict]:

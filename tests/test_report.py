@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsbs_jax import report, results
+from dsbs_jax import report, results, writers
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL, RATIONALE = "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale"
@@ -236,8 +236,8 @@ def test_read_scalars_newest_value_wins(tmp_path):
         (path,) = (tmp_path / folder).glob("events.out.tfevents.*")
         path.rename(tmp_path / f"events.out.tfevents.{name}")
         os.utime(tmp_path / f"events.out.tfevents.{name}", (mtime, mtime))
-    assert report.read_scalars(str(tmp_path), "loss") == {1: 1.0, 2: 5.0, 3: 3.0}
-    assert report.read_scalars(str(tmp_path / "absent"), "loss") == {}
+    assert writers.read_scalars(str(tmp_path), "loss") == {1: 1.0, 2: 5.0, 3: 3.0}
+    assert writers.read_scalars(str(tmp_path / "absent"), "loss") == {}
 
 
 def test_module_runs_as_a_script():

@@ -12,7 +12,7 @@ import pytest
 import runs
 
 from dsbs_jax import checkpoints, train
-from dsbs_jax.report import read_scalars
+from dsbs_jax.writers import read_scalars
 
 
 def _final_params(model_dir: Path):
@@ -116,22 +116,72 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds
     _assert_same_params(_final_params(tmp_path), _final_params(uninterrupted))
 
 
-@pytest.mark.slow
-def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, tfds_data_dir):
-    steps = 4
-    shards = ["--gin.train.data_shards=2", "--gin.CHECKPOINT_PERIOD=1000"]
-    single = tmp_path / "single"
-    runs.run(runs.flags(single, tfds_data_dir, steps, *shards), devices=4)
-    multi = tmp_path / "multi"
-    runs.run_hosts(runs.flags(multi, tfds_data_dir, steps, *shards), hosts=2, devices=2)
-    single_losses = read_scalars(single / "train", "loss")
-    multi_losses = read_scalars(multi / "train", "loss")
-    assert sorted(single_losses) == list(range(1, steps + 1))
+MESH_STEPS = 4
+# Every mesh run reads the data as two shards, as two hosts do.
+MESH_FLAGS = ["--gin.train.data_shards=2", "--gin.CHECKPOINT_PERIOD=2"]
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory, tfds_data_dir) -> Path:
+    """One process of 4 devices, all on the data axis."""
+    model_dir = tmp_path_factory.mktemp("four_devices")
+    runs.run(runs.flags(model_dir, tfds_data_dir, MESH_STEPS, *MESH_FLAGS), devices=4)
+    return model_dir
+
+
+def _assert_same_run(model_dir: Path, expected: Path) -> None:
+    losses, expected_losses = (read_scalars(d / "train", "loss") for d in (model_dir, expected))
+    assert sorted(expected_losses) == list(range(1, MESH_STEPS + 1))
     np.testing.assert_allclose(
-        [multi_losses[s] for s in sorted(single_losses)],
-        [single_losses[s] for s in sorted(single_losses)],
+        [losses[s] for s in sorted(expected_losses)],
+        [expected_losses[s] for s in sorted(expected_losses)],
         rtol=1e-5,
     )
+    jax_tree_allclose(_final_params(model_dir), _final_params(expected))
+
+
+def jax_tree_allclose(a, b) -> None:
+    import jax
+
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [[], ["--gin.train.fsdp_parallelism=4"]], ids=["data", "fsdp"])
+def test_two_processes_of_two_devices_match_one_process_of_four(
+    mesh, four_devices, tmp_path, tfds_data_dir
+):
+    """Data parallel over the two processes, or one fsdp axis that spans them."""
+    flags = runs.flags(tmp_path, tfds_data_dir, MESH_STEPS, *MESH_FLAGS, *mesh)
+    runs.run_hosts(flags, hosts=2, devices=2)
+    _assert_same_run(tmp_path, four_devices)
+
+
+@pytest.mark.slow
+def test_a_model_axis_across_two_processes_matches_it_in_one(tmp_path, tfds_data_dir):
+    """model 2 over 2 processes of 1 device (the tiny model has 2 heads): both hosts read
+    the same rows, as the one process of 2 devices does."""
+    mesh = [*MESH_FLAGS, "--gin.train.model_parallelism=2"]
+    one = tmp_path / "one"
+    runs.run(runs.flags(one, tfds_data_dir, MESH_STEPS, *mesh), devices=2)
+    two = tmp_path / "two"
+    runs.run_hosts(runs.flags(two, tfds_data_dir, MESH_STEPS, *mesh), hosts=2, devices=1)
+    _assert_same_run(two, one)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_mesh(four_devices, tmp_path, tfds_data_dir):
+    """Saved at step 2 on data 2 x fsdp 2, resumed on fsdp 4, both meshes of the same 4
+    data-parallel devices (so the same packed rows): Orbax restores the state into the
+    new mesh's shardings and the run goes on as the one-mesh run did."""
+    schedule = f"--gin.optimizers.adamw.total_steps={MESH_STEPS}"  # the whole run's
+    saved_on = ["--gin.train.fsdp_parallelism=2", schedule]
+    runs.run(runs.flags(tmp_path, tfds_data_dir, 2, *MESH_FLAGS, *saved_on), devices=4)
+    steps = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps == ["2"]
+    resumed_on = ["--gin.train.fsdp_parallelism=4"]
+    runs.run(runs.flags(tmp_path, tfds_data_dir, MESH_STEPS, *MESH_FLAGS, *resumed_on), devices=4)
+    _assert_same_run(tmp_path, four_devices)
 
 
 def _main(tmp_path, tfds_data_dir, *extra) -> int:
@@ -183,18 +233,17 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
 
 
-def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tasks, monkeypatch):
-    import jax
-
+def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tasks):
     lengths = {"inputs": 64, "label": 6, "rationale": 80}
     sides = train.task_lengths(
         "dsbs", "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale", lengths
     )
 
     def first_batch(hosts: int, index: int) -> dict:
-        monkeypatch.setattr(jax, "process_count", lambda: hosts)
-        monkeypatch.setattr(jax, "process_index", lambda: index)
-        return next(train.host_batches(sides, 8, 0, 2, consumed=[0, 0], pack=False))[0]
+        batches = train.host_batches(
+            sides, 8, 0, 2, consumed=[0, 0], pack=False, group=(hosts, index)
+        )
+        return next(batches)[0]
 
     whole = first_batch(1, 0)
     hosts = [first_batch(2, index) for index in range(2)]

@@ -1,5 +1,8 @@
 """The training step: losses computed independently, accumulation, sharding, optimisers."""
 
+import functools
+import operator
+
 import jax
 import numpy as np
 import optax
@@ -105,34 +108,78 @@ def test_four_microbatches_give_the_full_batch_gradient():
     )
 
 
-def test_model_axis_of_two_on_four_devices_matches_one_device():
+# The meshes of the 4 host devices a step must not depend on: (model, fsdp) parallelism.
+MESHES = {
+    "data 4": (1, 1),
+    "data 2 x model 2": (2, 1),
+    "fsdp 4": (1, 4),
+    "data 2 x fsdp 2": (1, 2),
+    "fsdp 2 x model 2": (2, 2),
+}
+ONE_DEVICE = "one device"
+
+
+def _mesh(name: str) -> jax.sharding.Mesh:
+    if name == ONE_DEVICE:
+        return partitioning.make_mesh(devices=jax.devices()[:1])
+    return partitioning.make_mesh(*MESHES[name])
+
+
+def _three_steps(mesh_name: str, mode: str, microbatches: int = 1, optimizer=None):
+    """Losses and parameters after 3 AdamW steps, and the final state."""
+    mesh = _mesh(mesh_name)
+    trainer = Trainer(
+        CONFIG,
+        optimizer or optimizers.adamw(10, 1e-3),
+        mesh,
+        losses.task_weights(mode, 0.5),
+        num_microbatches=microbatches,
+    )
+    state = trainer.create_state(seed=0)
+    step_losses = []
+    for step in range(3):
+        batch = {t: f for t, f in _batch(seed=step).items() if t in trainer.task_weights}
+        state, metrics = trainer.run_train_step(state, partitioning.global_batch(mesh, batch))
+        step_losses.append(float(metrics["loss"]))
+    return step_losses, jax.device_get(state.params), state
+
+
+@pytest.fixture(scope="module")
+def one_device_runs() -> dict:
+    return {}
+
+
+@pytest.mark.parametrize(
+    "mesh_name, mode, microbatches",
+    [(name, "dsbs", 1) for name in MESHES]
+    + [("fsdp 2 x model 2", mode, 1) for mode in ("standard", "cot")]
+    + [("fsdp 2 x model 2", "dsbs", 2), ("fsdp 4", "dsbs", 2)],
+)
+def test_every_mesh_of_four_devices_trains_as_one_device(
+    mesh_name, mode, microbatches, one_device_runs
+):
     assert jax.device_count() == 4, "conftest gives the tests 4 host devices"
-    one = partitioning.make_mesh(1)
-    one = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), one.axis_names)
-    sharded = partitioning.make_mesh(model_parallelism=2)
-    assert dict(sharded.shape) == {"data": 2, "model": 2}
-    results = {}
-    for name, mesh in (("one", one), ("sharded", sharded)):
-        trainer = Trainer(
-            CONFIG, optimizers.adamw(10, 1e-3), mesh, losses.task_weights("dsbs", 0.5)
-        )
-        state = trainer.create_state(seed=0)
-        step_losses = []
-        for step in range(3):
-            batch = partitioning.global_batch(mesh, _batch(seed=step))
-            state, metrics = trainer.run_train_step(state, batch)
-            step_losses.append(float(metrics["loss"]))
-        results[name] = (step_losses, jax.device_get(state.params), state)
-    np.testing.assert_allclose(results["sharded"][0], results["one"][0], rtol=1e-5)
+    key = (mode, microbatches)
+    if key not in one_device_runs:
+        one_device_runs[key] = _three_steps(ONE_DEVICE, mode, microbatches)[:2]
+    expected_losses, expected_params = one_device_runs[key]
+    step_losses, params, _ = _three_steps(mesh_name, mode, microbatches)
+    np.testing.assert_allclose(step_losses, expected_losses, rtol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        results["sharded"][1],
-        results["one"][1],
+        params,
+        expected_params,
     )
-    # The MLP kernels and the Adam moments are split over the model axis, not copied.
-    state = results["sharded"][2]
+
+
+def test_parameters_and_adam_moments_are_split_over_fsdp_and_model_not_copied():
+    state = _three_steps("fsdp 2 x model 2", "dsbs")[2]
     wi = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
-    assert wi.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    assert dict(wi.sharding.mesh.shape) == {"data": 1, "fsdp": 2, "model": 2}
+    assert wi.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+    assert wi.addressable_shards[0].data.size == wi.size // 4
+    embedding = state.params["token_embedder"]["embedding"]
+    assert embedding.sharding.spec == jax.sharding.PartitionSpec("model", "fsdp")
     moments = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.shape == wi.shape]
     assert moments and all(m.sharding.spec == wi.sharding.spec for m in moments)
 
@@ -190,10 +237,30 @@ def test_adamw_decays_linearly_to_zero_and_adafactor_is_constant():
     assert np.isfinite(metrics["loss"]) and metrics["learning_rate"] == pytest.approx(1e-3)
 
 
-def test_adafactor_state_places_factored_rows_on_a_model_mesh():
-    mesh = partitioning.make_mesh(model_parallelism=2)
-    _, after, metrics = _one_step("dsbs", optimizer=optimizers.adafactor(), mesh=mesh)
-    assert np.isfinite(metrics["grad_norm"]) and np.isfinite(metrics["param_norm"])
+def test_adafactor_factored_rows_are_split_like_the_dimension_they_keep():
+    # Factored from 8 rows on, so that the tiny model's kernels are (the default is 128).
+    adafactor = optimizers.Optimizer(
+        optax.adafactor(1e-3, min_dim_size_to_factor=8), optax.constant_schedule(1e-3)
+    )
+    expected_losses, expected_params, _ = _three_steps(ONE_DEVICE, "dsbs", optimizer=adafactor)
+    step_losses, params, state = _three_steps("fsdp 2 x model 2", "dsbs", optimizer=adafactor)
+    np.testing.assert_allclose(step_losses, expected_losses, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params,
+        expected_params,
+    )
+    # Adafactor keeps a [embed, mlp] kernel's second moments as a row and a column.
+    (factored,) = [
+        leaf
+        for leaf in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "v_row"))
+        if hasattr(leaf, "v_row")
+    ]
+    kernel = ("encoder", "layers_0", "mlp", "wi_0", "kernel")
+    v_row, v_col = (functools.reduce(operator.getitem, kernel, tree) for tree in factored[1:3])
+    P = jax.sharding.PartitionSpec
+    assert (v_row.shape, v_row.sharding.spec) == ((CONFIG.emb_dim,), P("fsdp"))
+    assert (v_col.shape, v_col.sharding.spec) == ((CONFIG.mlp_dim,), P("model"))
 
 
 def test_batch_rows_not_divisible_by_microbatches_fail_clearly():

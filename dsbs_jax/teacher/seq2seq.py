@@ -63,10 +63,10 @@ class Seq2SeqTeacher:
         self.batch_size, self.temperature, self.seed = batch_size, temperature, seed
         self.tokenizer = Tokenizer(vocabulary)
         mesh = partitioning.make_mesh(model_parallelism)
-        if batch_size % mesh.shape[partitioning.DATA]:
+        if batch_size % partitioning.batch_shards(mesh):
             raise ValueError(
                 f"batch_size {batch_size} must be a multiple of the mesh's data axis "
-                f"({mesh.shape[partitioning.DATA]})"
+                f"({partitioning.batch_shards(mesh)})"
             )
         config, params = inference.load_params(checkpoint, mesh)
         self.tokenizer.check_fits(config.vocab_size, vocabulary)

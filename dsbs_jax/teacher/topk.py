@@ -26,10 +26,10 @@ class TopKScorer:
         if k < 1 or batch_size < 1:
             raise ValueError(f"k and batch_size must be at least 1, got {k} and {batch_size}")
         self.mesh = partitioning.make_mesh(model_parallelism)
-        if batch_size % self.mesh.shape[partitioning.DATA]:
+        if batch_size % partitioning.batch_shards(self.mesh):
             raise ValueError(
                 f"batch_size {batch_size} must be a multiple of the mesh's data axis "
-                f"({self.mesh.shape[partitioning.DATA]})"
+                f"({partitioning.batch_shards(self.mesh)})"
             )
         self.config, self.params = inference.load_params(checkpoint, self.mesh)
         if k > self.config.vocab_size:
@@ -56,6 +56,6 @@ class TopKScorer:
             "decoder": np.pad(decoder_input_tokens, [(0, self.batch_size - rows), (0, 0)]),
         }
         # Every host holds the whole batch, as in `inference.BatchDecoder`.
-        batch = partitioning.global_batch(self.mesh, partitioning.host_share(tokens))
+        batch = partitioning.whole_batch(self.mesh, tokens)
         ids, logprobs = self._score(self.params, batch["encoder"], batch["decoder"])
         return partitioning.gather(ids)[:rows], partitioning.gather(logprobs)[:rows]

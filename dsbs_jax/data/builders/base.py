@@ -14,7 +14,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from dsbs_jax import progress
 from dsbs_jax.data import release
+
+log = logging.getLogger(__name__)
 
 FEATURES = tfds.features.FeaturesDict(
     {
@@ -63,11 +66,15 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         splits = self.read(manual_dir)
         for split in release.SPLITS:
             if split not in splits:
-                logging.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)
-        return {split: self._generate_examples(examples) for split, examples in splits.items()}
+                log.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)
+        return {split: self._generate_examples(rows, split) for split, rows in splits.items()}
 
-    def _generate_examples(self, examples: list[release.Example]) -> Iterator[tuple[str, dict]]:
-        for example in examples:
+    def _generate_examples(
+        self, examples: list[release.Example], split: str
+    ) -> Iterator[tuple[str, dict]]:
+        counter = progress.Counter(len(examples), label=f"{self.name} {split}")
+        for done, example in enumerate(examples, 1):
+            counter.update(done)
             yield (
                 example.id,
                 {
