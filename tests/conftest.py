@@ -52,8 +52,10 @@ def small_vocabulary(shared_dir, tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def registered_tasks(tfds_data_dir, small_vocabulary) -> list[str]:
+    """The tasks over the test data, registered again for each test that asks: an earlier
+    in-process run (a binary's `main`) may have registered them with T5's gs:// vocabulary."""
     import tasks
 
     return tasks.register(data_dir=str(tfds_data_dir), vocabulary_path=small_vocabulary)
