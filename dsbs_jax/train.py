@@ -107,10 +107,10 @@ def best_validation(model_dir: str) -> tuple[str, float, int] | None:
     """The best validation figure the run has logged, on the metric checkpoints are ranked
     by: accuracy, or the label loss where the task has none."""
     directory = os.path.join(model_dir, VALIDATION)
-    for metric, best in (("accuracy", max), ("loss/label", min)):
+    for metric, sign in (("accuracy", -1), ("loss/label", 1)):
         values = read_scalars(directory, metric)
-        if values:
-            step = best(values, key=lambda s: (values[s], -s) if best is max else (values[s], s))
+        if values:  # the best value, and of equal ones the first step
+            step = min(values, key=lambda s: (sign * values[s], s))
             return metric, values[step], step
     return None
 
