@@ -1,8 +1,11 @@
 """dsbs-annotate: a teacher LLM's chain-of-thought rationales for a dataset, by few-shot prompts.
 
     dsbs-annotate --input tfds:NAME|jsonl:PATH [--data_dir DIR] --split train|validation|test
-        --prompt NAME|PATH --backend openai|seq2seq --output_dir DIR
+        --prompt NAME|PATH|auto --backend openai|seq2seq --output_dir DIR
+        [--name TASK] [--exemplars_from INPUT] [--exemplars 8] [--candidates 4]
+        [--auto_samples 3]
         [--base_url URL --model NAME] [--endpoint completions|chat] [--api_key_env VAR]
+        [--logprobs K] [--min_confidence LOGP]
         [--concurrency 8] [--requests_per_minute N] [--max_retries 6] [--timeout 60]
         [--backoff_base 1]
         [--checkpoint PATH --vocabulary SPM] [--batch_size 8] [--max_input_length 1024]
@@ -25,6 +28,12 @@ With `--samples K`, each output is parsed by the prompt's answer format and the 
 `--keep vote` keeps the outputs that agree with the majority, `gold` those that agree with
 the gold label (falling back to the vote without one), `all` every parsed one.
 
+`--prompt auto` builds the few-shot prompt from the task's training rows with no exemplar
+written by a person (`teacher.auto_prompt`), once per output dir: `auto_prompt.json` there
+is reused by later runs with the same settings, so their rows keep one fingerprint.
+`--logprobs K` stores each output's token log-probabilities and confidences
+(`teacher.confidence`); `--min_confidence` keeps only the outputs sure enough.
+
 With JSONL input and `--dataset NAME`, a finished run also writes the paper's release
 layout under OUTPUT_DIR (`NAME/NAME_{split}.json` with the input rows and
 `NAME/llm/{split}_CoT_0.json` with the first kept output of each, "" for none), so
@@ -42,16 +51,21 @@ import json
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from dsbs_jax import cli, console, files, jsonl, progress
-from dsbs_jax.data import metrics, release, teacher_outputs
-from dsbs_jax.teacher import prompts
+from dsbs_jax.data import release, teacher_outputs
+from dsbs_jax.data.jsonl_dataset import NAME
+from dsbs_jax.teacher import auto_prompt, confidence, prompts
 from dsbs_jax.teacher.annotations import ROW_KEYS, annotations_file, manifest_file, release_output
 from dsbs_jax.teacher.backends import Teacher, TeacherError
+from dsbs_jax.teacher.confidence import Tokens
 from dsbs_jax.teacher.openai import ENDPOINTS, OpenAITeacher
+from dsbs_jax.teacher.voting import Matcher, label_matcher, majority
 
 PROG = "dsbs-annotate"
+AUTO = "auto"  # --prompt auto: exemplars from the task's own rows
+AUTO_PROMPT_FILE = "auto_prompt.json"
 KEEP = ("vote", "gold", "all")
 # Examples per chunk, per request slot: enough to keep every slot busy between the writes.
 CHUNK_PER_WORKER = 4
@@ -74,7 +88,6 @@ SETTINGS = (
 )
 
 Id = str | int
-Matcher = Callable[[str, str], bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,21 +179,20 @@ def read_jsonl(path: str, fields: JsonlFields) -> tuple[list[Example], list[str]
 
 
 def read_examples(
-    args: argparse.Namespace, spec: release.DatasetSpec | None
+    args: argparse.Namespace, spec: release.DatasetSpec | None, flag: str, split: str
 ) -> tuple[list[Example], list[str]]:
-    """The examples `--input` names (the first `--limit`), and the lines skipped."""
-    scheme, _, location = args.input.partition(":")
+    """The examples the flag `input` or `exemplars_from` names, and the lines skipped."""
+    source = getattr(args, flag)
+    scheme, _, location = source.partition(":")
     if scheme == "tfds" and location:
         if spec:
             raise cli.UsageError("--dataset is for jsonl input (a TFDS dataset names its own rows)")
-        examples, problems = read_tfds(location, args.split, args.data_dir), []
-    elif scheme == "jsonl" and location:
+        return read_tfds(location, split, args.data_dir), []
+    if scheme == "jsonl" and location:
         id_field = (spec.id_field if spec else args.id_field) or None
         fields = JsonlFields(spec, args.input_field, args.label_field, id_field)
-        examples, problems = read_jsonl(location, fields)
-    else:
-        raise cli.UsageError(f"--input {args.input}: expected tfds:NAME or jsonl:PATH")
-    return examples[: args.limit], problems
+        return read_jsonl(location, fields)
+    raise cli.UsageError(f"--{flag} {source}: expected tfds:NAME or jsonl:PATH")
 
 
 def dataset_spec(name: str, split: str) -> release.DatasetSpec:
@@ -198,29 +210,8 @@ def dataset_spec(name: str, split: str) -> release.DatasetSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Voting
+# Rows
 # ---------------------------------------------------------------------------------------------
-
-
-def label_matcher(dataset: str) -> Matcher:
-    """The dataset's rule for two labels being the same answer; exact (stripped) otherwise."""
-    spec = release.SPECS.get(dataset)
-    return spec.label_matches if spec else metrics.labels_match
-
-
-def majority(labels: Sequence[str | None], matches: Matcher) -> str | None:
-    """The label of the largest cluster of matching labels (ties: the cluster that starts
-    first); None when no label parsed. A cluster is named by its first label."""
-    clusters: list[list[str]] = []
-    for label in labels:
-        if label is None:
-            continue
-        cluster = next((c for c in clusters if matches(c[0], label)), None)
-        if cluster is None:
-            clusters.append([label])
-        else:
-            cluster.append(label)
-    return max(clusters, key=len)[0] if clusters else None
 
 
 def annotation(
@@ -229,18 +220,29 @@ def annotation(
     dataset: str,
     keep: str,
     fingerprint: str,
+    tokens: Sequence[Tokens | None] | None = None,
+    min_confidence: float | None = None,
 ) -> dict:
-    """The row for one example's outputs (every sample answered)."""
+    """The row for one example's outputs (every sample answered), with their tokens'
+    log-probabilities and confidences when asked for (`--logprobs`); with `min_confidence`,
+    only outputs whose answer confidence reaches it are kept."""
     matches = label_matcher(dataset)
     parsed = [teacher_outputs.parse(dataset, raw) for raw in outputs]
     labels = [p.label if p.parsed else None for p in parsed]
     vote = majority(labels, matches)
     target = example.gold if keep == "gold" and example.gold is not None else vote
+    fmt = teacher_outputs.answer_format(dataset)
+    sure = [t and confidence.confidence(fmt, t) for t in tokens or [None] * len(outputs)]
     kept = [
         i
         for i, label in enumerate(labels)
-        if label is not None and (keep == "all" or matches(target, label))
+        if label is not None
+        and (keep == "all" or matches(target, label))
+        and (min_confidence is None or _sure_enough(sure[i], min_confidence))
     ]
+    scores = {}
+    if tokens is not None:
+        scores = {"logprobs": [t and t.to_json() for t in tokens], "confidence": sure}
     return {
         "id": example.id,
         "fingerprint": fingerprint,
@@ -252,7 +254,25 @@ def annotation(
         "kept": kept,
         "rationale": parsed[kept[0]].rationale if kept else None,
         "label": target,
+        **scores,
     }
+
+
+def _sure_enough(score: dict | None, threshold: float) -> bool:
+    """Whether an output's answer confidence reaches `threshold` (one without is not)."""
+    return score is not None and score["answer"] is not None and score["answer"] >= threshold
+
+
+def saved_tokens(row: dict) -> list[Tokens | None] | None:
+    """The tokens a row stored (None: it has none, the run asked for none)."""
+    if "logprobs" not in row:
+        return None
+    try:
+        return [data and Tokens.from_json(data) for data in row["logprobs"]]
+    except (KeyError, TypeError, ValueError):
+        raise cli.UsageError(
+            f"annotations of {row['id']!r}: unreadable logprobs: remove the row to ask again"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +408,7 @@ def make_teacher(args: argparse.Namespace, prompt: prompts.Prompt) -> Teacher:
             stop=args.stop,
             seed=args.seed,
             backoff_base=args.backoff_base,
+            logprobs=args.logprobs,
         )
     if not (args.checkpoint and args.vocabulary):
         raise cli.UsageError("--backend seq2seq needs --checkpoint and --vocabulary")
@@ -423,6 +444,111 @@ def load_prompt(args: argparse.Namespace) -> prompts.Prompt:
     return prompt
 
 
+def task_name(args: argparse.Namespace) -> str:
+    """The task an automatic prompt is for (its answer format): `--name`, `--dataset`, the
+    TFDS dataset without `dsbs_`, or the folder of the JSONL file (`MANUAL_DIR/NAME/`)."""
+    scheme, _, location = args.input.partition(":")
+    if args.name or args.dataset:
+        return args.name or args.dataset
+    if scheme == "tfds":
+        return location.split(":")[0].removeprefix("dsbs_")
+    folder = pathlib.Path(location).parent.name
+    if not NAME.fullmatch(folder):
+        raise cli.UsageError(f"--prompt {AUTO}: name the task with --name (its answer format)")
+    return folder
+
+
+def prompt_and_teacher(
+    args: argparse.Namespace, spec: release.DatasetSpec | None
+) -> tuple[prompts.Prompt, Teacher]:
+    """The prompt `--prompt` names, or the automatic one, and the teacher that asks with it."""
+    if args.prompt != AUTO:
+        prompt = load_prompt(args)
+        return prompt, make_teacher(args, prompt)
+    try:
+        base = auto_prompt.skeleton(task_name(args))
+    except prompts.PromptError as error:
+        raise cli.UsageError(f"--prompt {AUTO}: {error}") from None
+    teacher = make_teacher(args, auto_prompt.zero_shot(base))
+    teacher.prompt = automatic_prompt(args, spec, base, teacher)
+    return teacher.prompt, teacher
+
+
+def automatic_prompt(
+    args: argparse.Namespace,
+    spec: release.DatasetSpec | None,
+    base: prompts.Prompt,
+    teacher: Teacher,
+) -> prompts.Prompt:
+    """`--prompt auto`: exemplars from the training rows (`auto_prompt`), built once into
+    OUTPUT_DIR and reused by every later run with the same settings, so that its answers keep
+    their fingerprint (another prompt would re-ask the teacher for every example)."""
+    if args.exemplars_from is None:
+        if args.input.startswith("jsonl:") and args.split != "train":
+            raise cli.UsageError(
+                f"--prompt {AUTO} takes its exemplars from training rows: with --split "
+                f"{args.split}, name them with --exemplars_from jsonl:PATH"
+            )
+        args.exemplars_from = args.input
+    pool, _ = read_examples(args, spec, "exemplars_from", "train")
+    search = auto_prompt.Search(args.exemplars, args.candidates, args.auto_samples, args.seed or 0)
+    settings = {
+        "dataset": base.dataset,
+        "exemplars_from": args.exemplars_from,
+        "rows": len(pool),
+        "search": dataclasses.asdict(search),
+        "teacher": teacher.description,
+    }
+    path = args.output_dir / AUTO_PROMPT_FILE
+    if path.exists():
+        return reused_prompt(path, settings)
+    say(f"building a prompt from {len(pool)} rows of {args.exemplars_from} (--prompt {AUTO})")
+    rows = [auto_prompt.Row(example.input, example.gold) for example in pool]
+    try:
+        prompt, report = auto_prompt.build(base, rows, teacher.generate, search)
+    except auto_prompt.AutoPromptError as error:
+        raise cli.UsageError(f"--prompt {AUTO}: {error}") from None
+    record = {**prompt.to_json(), "provenance": {"settings": settings, "report": report}}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    files.write_atomically(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    empty = sum(not cluster["exemplar"] for cluster in report["clusters"])
+    say(
+        f"wrote a prompt of {report['exemplars']} exemplars to {path} after "
+        f"{report['requests']} requests"
+        + (f" ({empty} clusters gave no right answer in --candidates tries)" if empty else "")
+    )
+    return prompt
+
+
+def reused_prompt(path: pathlib.Path, settings: dict) -> prompts.Prompt:
+    """The automatic prompt an earlier run built, if it was built with `settings`."""
+    try:
+        prompt = prompts.load_prompt(str(path))
+        built = json.loads(path.read_text())["provenance"]["settings"]
+    except (prompts.PromptError, KeyError, TypeError) as error:
+        raise cli.UsageError(f"{path}: not an automatic prompt ({error}): remove it") from None
+    if built != settings:
+        key = next(k for k in settings if built.get(k) != settings[k])
+        raise cli.UsageError(
+            f"{path} was built with {key} {built.get(key)!r}, this run's is {settings[key]!r}: "
+            f"rerun with the same settings, use it as it is with --prompt {path}, or remove it "
+            "to build another"
+        )
+    say(f"reusing the prompt built earlier in {path}")
+    return prompt
+
+
+def ask(
+    teacher: Teacher, inputs: list[str], args: argparse.Namespace
+) -> list[list[tuple[str, Tokens | None] | None]]:
+    """Per input, `--samples` (text, tokens) answers, None for a request that failed; the
+    tokens' log-probabilities only with `--logprobs` (from an `OpenAITeacher`)."""
+    if args.logprobs is not None:
+        return teacher.answers(inputs, args.samples)
+    outputs = teacher.generate(inputs, args.samples)
+    return [[None if text is None else (text, None) for text in texts] for texts in outputs]
+
+
 def annotate_pending(
     args: argparse.Namespace,
     teacher: Teacher,
@@ -442,11 +568,19 @@ def annotate_pending(
     with open(args.output_dir / annotations_file(args.split), "ab") as stream:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
-            outputs = teacher.generate([example.input for example in chunk], args.samples)
-            failures += sum(raw is None for samples in outputs for raw in samples)
+            answers = ask(teacher, [example.input for example in chunk], args)
+            failures += sum(answer is None for samples in answers for answer in samples)
             new = [
-                annotation(example, samples, prompt.dataset, args.keep, key)
-                for example, samples in zip(chunk, outputs, strict=True)
+                annotation(
+                    example,
+                    [text for text, _ in samples],
+                    prompt.dataset,
+                    args.keep,
+                    key,
+                    None if args.logprobs is None else [tokens for _, tokens in samples],
+                    args.min_confidence,
+                )
+                for example, samples in zip(chunk, answers, strict=True)
                 if None not in samples
             ]
             jsonl.append_rows(stream, new)
@@ -474,6 +608,45 @@ def manifest(
         "counts": {**input_counts, **counts(annotated)},
         "teacher_accuracy": teacher_accuracy(annotated, label_matcher(prompt.dataset)),
         "client": stats() if stats else None,
+        **(logprob_report(args, teacher, prompt, annotated) if args.logprobs is not None else {}),
+    }
+
+
+def logprob_report(
+    args: argparse.Namespace, teacher: Teacher, prompt: prompts.Prompt, annotated: list[dict]
+) -> dict:
+    """How many outputs came with log-probabilities, and how their confidence relates to
+    being right against gold (also plotted beside the manifest); says what was missing."""
+    given = [tokens for row in annotated for tokens in row.get("logprobs") or [None]]
+    without = sum(tokens is None for tokens in given)
+    refused = getattr(teacher, "logprobs_refused", "")
+    if without:
+        say(
+            f"{without} of {len(given)} outputs came without logprobs"
+            + (
+                f" (the server rejects them: {refused})"
+                if refused
+                else " (the server ignores them)"
+            )
+            + ": their text is kept"
+            + (
+                ", and --min_confidence keeps none of them"
+                if args.min_confidence is not None
+                else ""
+            )
+        )
+    report = confidence.calibration(annotated, prompt.dataset)
+    if report is not None:
+        path = args.output_dir / f"confidence_{args.split}.png"
+        confidence.plot(report, f"{prompt.name}, {args.split}", path)
+    return {
+        "logprobs": {
+            "asked": args.logprobs,
+            "outputs": len(given),
+            "without": without,
+            "refused": refused,
+        },
+        "confidence": report,
     }
 
 
@@ -481,11 +654,15 @@ def run(args: argparse.Namespace) -> int:
     """Annotate every pending example; 1 if some are left or input lines were skipped."""
     start = time.monotonic()
     spec = dataset_spec(args.dataset, args.split) if args.dataset else None
-    prompt = load_prompt(args)
-    examples, problems = read_examples(args, spec)
+    examples, problems = read_examples(args, spec, "input", args.split)
+    examples = examples[: args.limit]
     if problems:
         print("\n".join(problems), file=sys.stderr, flush=True)
-    teacher = make_teacher(args, prompt)
+    try:
+        prompt, teacher = prompt_and_teacher(args, spec)
+    except TeacherError as error:
+        say(f"stopped: {error}")
+        return 2
     key = fingerprint(teacher.description, prompt.sha256, args.samples)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / annotations_file(args.split)
@@ -502,7 +679,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     by_id = {example.id: example for example in examples}
     rows = {  # as --keep says now: it decides nothing the teacher was asked
-        row_id: annotation(by_id[row_id], row["outputs"], prompt.dataset, args.keep, key)
+        row_id: annotation(
+            by_id[row_id],
+            row["outputs"],
+            prompt.dataset,
+            args.keep,
+            key,
+            saved_tokens(row),
+            args.min_confidence,
+        )
         for row_id, row in rows.items()
     }
     rewrite(path, examples, rows, saved, key)
@@ -539,9 +724,17 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--input", help="tfds:NAME or jsonl:PATH")
     parser.add_argument("--data_dir", help="TFDS data dir (tfds input)")
     parser.add_argument("--split", required=True, choices=release.SPLITS)
-    parser.add_argument("--prompt", help="packaged prompt name or JSON file")
+    parser.add_argument("--prompt", help=f"packaged prompt name, JSON file, or {AUTO}")
     parser.add_argument("--backend", choices=("openai", "seq2seq"), default="openai")
     parser.add_argument("--output_dir", required=True, type=pathlib.Path)
+    auto = parser.add_argument_group(f"--prompt {AUTO}: exemplars from training rows")
+    auto.add_argument("--name", help="the task (its answer format); default: from the input")
+    auto.add_argument("--exemplars_from", help="tfds:NAME or jsonl:PATH (default: the input)")
+    auto.add_argument("--exemplars", type=int, default=8, help="clusters: one exemplar each")
+    auto.add_argument("--candidates", type=int, default=4, help="questions tried per cluster")
+    auto.add_argument(
+        "--auto_samples", type=int, default=3, help="zero-shot answers voting, without gold"
+    )
     jsonl = parser.add_argument_group("JSONL input")
     jsonl.add_argument("--dataset", help="release dataset whose rows the file holds")
     jsonl.add_argument("--input_field", default="input", help="without --dataset")
@@ -557,6 +750,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     server.add_argument("--max_retries", type=int, default=6)
     server.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     server.add_argument("--backoff_base", type=float, default=1.0, help="first retry's delay")
+    server.add_argument("--logprobs", type=int, metavar="K", help="store top-K token logprobs")
     model = parser.add_argument_group("seq2seq backend")
     model.add_argument("--checkpoint")
     model.add_argument("--vocabulary", help="SentencePiece model")
@@ -566,6 +760,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     decoding = parser.add_argument_group("decoding and voting")
     decoding.add_argument("--samples", type=int, default=1, help="outputs per example")
     decoding.add_argument("--keep", choices=KEEP, default="vote")
+    decoding.add_argument(
+        "--min_confidence", type=float, help="keep outputs at least this sure (needs --logprobs)"
+    )
     decoding.add_argument("--temperature", type=float, default=0.0)
     decoding.add_argument("--max_tokens", type=int, default=256)
     decoding.add_argument("--stop", action="append", help="stop sequence (repeatable)")
@@ -581,9 +778,22 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--save_topk must be at least 1")
     if args.save_topk is None and not (args.input and args.prompt):
         parser.error("--input and --prompt are required (unless --save_topk)")
-    for name in ("concurrency", "samples", "batch_size", "max_tokens", "max_input_length"):
+    for name in (
+        "concurrency",
+        "samples",
+        "batch_size",
+        "max_tokens",
+        "max_input_length",
+        "exemplars",
+        "candidates",
+        "auto_samples",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.min_confidence is not None and args.logprobs is None:
+        parser.error("--min_confidence needs --logprobs (the confidence comes from them)")
+    if args.logprobs is not None and (args.logprobs < 0 or args.backend != "openai"):
+        parser.error("--logprobs K is for --backend openai (its servers' top-K), K >= 0")
     if args.max_retries < 0 or (args.limit is not None and args.limit < 0):
         parser.error("--max_retries and --limit must not be negative")
     if args.timeout <= 0 or (

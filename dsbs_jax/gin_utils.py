@@ -19,11 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
-from dsbs_jax import partitioning
+from dsbs_jax import gin_paths, partitioning
 
-GIN_DIR = pathlib.Path(
-    os.environ.get("DSBS_GIN_DIR") or pathlib.Path(__file__).resolve().parent.parent / "gin"
-)
+GIN_DIR = gin_paths.GIN_DIR
 
 
 class ConfigError(ValueError):
@@ -166,7 +164,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), prog: str = ""
     quiet = _QuietIncludeLookups()
     logging.getLogger().addFilter(quiet)
     try:
-        resolved = [_resolve(f) for f in gin_files]
+        resolved = [str(gin_paths.resolve(f)) for f in gin_files]
         gin.parse_config_files_and_bindings(resolved, None, finalize_config=False)
         defined = _bound_macros()
         gin.parse_config(list(bindings))
@@ -256,13 +254,3 @@ class _QuietIncludeLookups(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Path not found:")
-
-
-def _resolve(gin_file: str) -> str:
-    path = pathlib.Path(gin_file)
-    if path.exists() or path.is_absolute():
-        return str(path)
-    for candidate in (GIN_DIR / path, GIN_DIR.parent / path):
-        if candidate.exists():
-            return str(candidate)
-    raise FileNotFoundError(f"gin file {gin_file} not found (looked in . and {GIN_DIR})")

@@ -20,6 +20,9 @@ BINARY=
 ARGS=()
 ENV_VARS=()
 PRINT_SUFFIX=
+# The Python that runs helpers here: the repository's virtualenv, else the system's.
+LOCAL_PYTHON=$REPO/.venv/bin/python
+[[ -x $LOCAL_PYTHON ]] || LOCAL_PYTHON=python3
 
 # The launcher's header comment (its first comment block) is its --help.
 print_usage() {
@@ -148,6 +151,19 @@ accelerator_args() {
     [[ $arg != --gin.*T5Config.dtype=* ]] || return 0
   done
   ARGS+=("--gin.T5Config.dtype='bfloat16'")
+}
+
+# dsbs-train on the TPU slice $1 gets the mesh that dsbs-fit measured to fit its model size
+# there (dsbs_jax/meshes.py, which reads the gin files), unless the command line binds the
+# mesh itself; a note says which mesh and why.
+mesh_args() {
+  local chosen
+  [[ ${BINARY##*/} == dsbs-train ]] || return 0
+  chosen=$(PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH} "$LOCAL_PYTHON" -m dsbs_jax.meshes \
+    --topology "$1" -- "${ARGS[@]}") || exit
+  mapfile -t chosen <<<"$chosen"
+  note "${chosen[0]}"
+  ARGS+=("${chosen[@]:1}")
 }
 
 # Whether BINARY joins other hosts with jax.distributed (--coordinator_address ...).

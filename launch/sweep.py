@@ -1,8 +1,8 @@
 """Expand a grid of training runs, run them one after another or print their commands.
 
     python launch/sweep.py GRID.json --root DIR [--only AXIS=VALUE[,VALUE...] ...]
-        [--launcher "launch/gpu.sh"] [--parallel N [--log_dir DIR]] [--dry-run] [--report]
-        [--gin.NAME=VALUE ...]
+        [--launcher "launch/gpu.sh"] [--parallel N [--log_dir DIR]] [--topology SLICE]
+        [--dry-run] [--report] [--gin.NAME=VALUE ...]
 
 A grid file (gin/runs/paper/grid.json is the paper's) names the gin files every run reads
 and its axes, in order:
@@ -14,7 +14,11 @@ An axis in lower case picks a gin file per value, `{axis}/{value}.gin` beside th
 file; an axis in upper case is a gin macro bound to each value. Every combination is one
 run, written to `ROOT/{axis}={value},...` (its MODEL_DIR, named by its settings), and is
 `dsbs-train` with the grid's gin files, the axis files, the macros and then the
-`--gin.NAME=VALUE` bindings given here (which apply to every run and win).
+`--gin.NAME=VALUE` bindings given here (which apply to every run and win). With
+`--topology SLICE` (a TPU slice, e.g. v4-32), each run also gets the mesh that dsbs-fit
+measured to fit its size there (dsbs_jax/meshes.py, as launch/tpu_vm.sh picks it), before
+those bindings; binding train.fsdp_parallelism or train.model_parallelism here keeps yours.
+Which mesh each size gets, and why, goes to stderr.
 
 `--dry-run` prints one command per run (for a cluster's scheduler: each is a complete
 command line). Otherwise the runs go through `--launcher` (default launch/local.sh),
@@ -44,6 +48,8 @@ import time
 from collections.abc import Sequence
 
 from etils import epath
+
+from dsbs_jax import hardware, meshes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin"
@@ -150,18 +156,40 @@ def expand(grid_path: pathlib.Path, grid: dict, only: Sequence[str] = ()) -> lis
 
 
 def command(
-    run: Run, grid: dict, root: str, extra_bindings: Sequence[str], launcher: Sequence[str]
+    run: Run,
+    grid: dict,
+    root: str,
+    extra_bindings: Sequence[str],
+    launcher: Sequence[str],
+    mesh: Sequence[str] = (),
 ) -> list[str]:
-    """The run's command line: launcher, dsbs-train, gin files, MODEL_DIR, macros, extras."""
+    """The run's command line: launcher, dsbs-train, gin files, MODEL_DIR, macros, mesh,
+    extras."""
     model_dir = f"{root.rstrip('/')}/{run.name}"
     return [
         *launcher,
         "dsbs-train",
-        *[f"--gin_file={f}" for f in (*grid.get("gin_files", []), *run.gin_files)],
+        *[f"--gin_file={f}" for f in gin_files(run, grid)],
         f"--gin.MODEL_DIR={_gin_literal(model_dir)}",
-        *[f"--gin.{binding}" for binding in run.bindings],
-        *[f"--gin.{binding}" for binding in extra_bindings],
+        *[f"--gin.{binding}" for binding in (*run.bindings, *mesh, *extra_bindings)],
     ]
+
+
+def gin_files(run: Run, grid: dict) -> list[str]:
+    return [*grid.get("gin_files", []), *run.gin_files]
+
+
+def mesh_bindings(
+    runs: Sequence[Run], grid: dict, extra_bindings: Sequence[str], topology: str
+) -> list[list[str]]:
+    """Each run's mesh bindings on `topology`; each distinct note once, on stderr."""
+    chosen = [
+        meshes.choose(topology, gin_files(run, grid), [*run.bindings, *extra_bindings])
+        for run in runs
+    ]
+    for note in dict.fromkeys(note for _, note in chosen):
+        print(f"sweep: {note}", file=sys.stderr)
+    return [bindings for bindings, _ in chosen]
 
 
 def shell_line(argv: Sequence[str]) -> str:
@@ -243,6 +271,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--log_dir", help="logs of --parallel runs (ROOT/logs for a local ROOT)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report", action="store_true", help="then dsbs-report into ROOT/report")
+    parser.add_argument("--topology", help="a TPU slice (v4-32): each run gets dsbs-fit's mesh")
     bindings = [a.removeprefix("--gin.") for a in argv if a.startswith("--gin.")]
     return parser.parse_args([a for a in argv if not a.startswith("--gin.")]), bindings
 
@@ -257,11 +286,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise GridError(f"--parallel {args.parallel}: expected 1 or more runs at a time")
         if args.log_dir is None and "://" in root and args.parallel > 1:
             raise GridError(f"--root {root} is not local: give --log_dir for the run logs")
+        if args.topology and hardware.tpu_slice(args.topology) is None:
+            slices = ", ".join(hardware.SLICES)
+            raise GridError(f"--topology {args.topology}: expected a TPU slice ({slices})")
     except GridError as error:
         print(f"sweep: {error}", file=sys.stderr)
         return 2
     launcher = shlex.split(args.launcher)
-    commands = [(run, command(run, grid, root, bindings, launcher)) for run in runs]
+    mesh = mesh_bindings(runs, grid, bindings, args.topology) if args.topology else [[]] * len(runs)
+    commands = [
+        (run, command(run, grid, root, bindings, launcher, run_mesh))
+        for run, run_mesh in zip(runs, mesh, strict=True)
+    ]
     if args.dry_run:
         print("\n".join(shell_line(argv) for _, argv in commands))
         return 0

@@ -21,6 +21,11 @@
 #                            --gin.T5Config.dtype="'bfloat16'" (parameters stay float32)
 #   --dry-run                print the gcloud commands instead of running any
 #
+# dsbs-train gets the mesh that dsbs-fit measured to fit its model size (the gin files'
+# gin/models/ file) on TYPE: train.fsdp_parallelism and train.model_parallelism, from
+# dsbs_jax/meshes.py. A command line that binds either keeps its own; a size or slice not
+# measured keeps the gin files' mesh. A note (under --dry-run, a comment) says which.
+#
 # Workers share no disk: --gin.MODEL_DIR (and --gin.EVAL_OUTPUT_DIR) must be gs://
 # paths, and the data should be too. Relative --gin_file paths resolve against the gin
 # files copied to the workers.
@@ -50,6 +55,7 @@ for arg in "${ARGS[@]}"; do
   fi
 done
 accelerator_args
+mesh_args "${OPTS[accelerator_type]:-v4-8}"
 
 tpu_vm=(gcloud compute tpus tpu-vm)
 where=("--zone=${OPTS[zone]}")
@@ -77,8 +83,6 @@ pyproject_value() { sed -n "s/^$1\$/\\1/p" "$REPO/pyproject.toml"; }
 wheel=dsbs_jax-$(pyproject_value 'version = "\(.*\)"')-py3-none-any.whl
 jax="jax[tpu]==$(pyproject_value ' *"jax==\(.*\)",')"
 python=$(pyproject_value 'requires-python = ">=\([0-9.]*\),.*')
-local_python=$REPO/.venv/bin/python
-[[ -x $local_python ]] || local_python=python3
 # shellcheck disable=SC2016 # $HOME is the worker's
 venv='$HOME/dsbs-venv'
 apt_install="sudo apt-get -qq update && sudo apt-get -qq -o DPkg::Lock::Timeout=600 install -y"
@@ -89,7 +93,7 @@ $venv/bin/pip install -q '$jax' \$HOME/$wheel
 $venv/bin/pip install -q --no-deps --force-reinstall \$HOME/$wheel
 EOF
 )
-run "$local_python" -m pip wheel --no-deps -w "$REPO/build/tpu_vm" "$REPO"
+run "$LOCAL_PYTHON" -m pip wheel --no-deps -w "$REPO/build/tpu_vm" "$REPO"
 run "${tpu_vm[@]}" scp --recurse "$REPO/build/tpu_vm/$wheel" "$REPO/gin" "$name:" \
   "${where[@]}" --worker=all
 run "${tpu_vm[@]}" ssh "$name" "${where[@]}" --worker=all --command="${setup//$'\n'/" && "}"

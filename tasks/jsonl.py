@@ -18,9 +18,6 @@ from dsbs_jax.data.jsonl_dataset import JsonlLayout
 from tasks import registry
 from tasks.spec import DatasetTasks, MetricFn
 
-# The answer phrase of the chain-of-thought tasks when the dataset has no format of its own.
-DEFAULT_ANSWER_FORMAT = teacher_outputs.AnswerFormat(cut_at="Q:", marker="So the answer is")
-
 
 def _register_answer_format(
     name: str, answer_format: teacher_outputs.AnswerFormat | None, teacher_output_field: str | None
@@ -35,7 +32,7 @@ def _register_answer_format(
                 f"{name}: teacher_output_field {teacher_output_field!r} needs an answer_format "
                 "(how the raw outputs state their answer; teacher_outputs.AnswerFormat)"
             )
-        teacher_outputs.register_answer_format(name, DEFAULT_ANSWER_FORMAT)
+        teacher_outputs.register_answer_format(name, teacher_outputs.DEFAULT_ANSWER_FORMAT)
 
 
 def jsonl_dataset(

@@ -13,6 +13,12 @@ limit does.
 The input is found in the query (the prompt after its last `Q:`, or the last chat message):
 the longest key of `responses` it contains. A response is one raw output, or a list of
 them, one per sample: sample j is the request's `seed` (or the j-th request for the input).
+
+Asked for `logprobs`, it returns each word-sized token (`\\s*\\S+`) with the log-probability
+`token_logprob[output]` (default -0.1) and K-1 made-up alternatives below it, in the shape of
+the endpoint asked (as vLLM and the OpenAI API do); with `logprobs="ignore"` it leaves them out,
+with `"reject"` it answers 400 to any request asking for them.
+
 Standard library only, so the benchmark needs no pytest.
 """
 
@@ -20,12 +26,14 @@ import collections
 import contextlib
 import dataclasses
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "timeout", "malformed", "no_choices", "echo_key")
+LOGPROBS = ("serve", "ignore", "reject")
 MODEL = "fake-teacher"
 
 
@@ -64,6 +72,8 @@ class FakeOpenAI:
         api_key: str | None = None,
         retry_after: str = "0",
         echo_padding: int = 0,
+        logprobs: str = "serve",
+        token_logprob: Mapping[str, float] | None = None,
     ):
         unknown = set((faults or {}).values()) - set(FAULTS)
         if unknown:
@@ -73,6 +83,7 @@ class FakeOpenAI:
         self.latency, self.fault_delay, self.api_key = latency, fault_delay, api_key
         self.fault_attempts, self.retry_after = fault_attempts, retry_after
         self.echo_padding = echo_padding
+        self.logprobs, self.token_logprob = logprobs, dict(token_logprob or {})
         self.slots = (
             threading.BoundedSemaphore(max_concurrency)
             if max_concurrency
@@ -121,6 +132,8 @@ class FakeOpenAI:
             return _error(404, f"no route {path}")
         if body.get("model") != MODEL:
             return _error(404, f"The model {body.get('model')!r} does not exist")
+        if self.logprobs == "reject" and "logprobs" in body:
+            return _error(400, "logprobs is not supported by this server")
         query = body["messages"][-1]["content"] if chat else body["prompt"]
         key = next((k for k in self.keys if k in query.rsplit("Q:", 1)[-1]), None)
         if key is None:
@@ -140,9 +153,40 @@ class FakeOpenAI:
             choice = {"index": 0, "message": {"role": "assistant", "content": response}}
         else:
             choice = {"index": 0, "text": response}
+        if body.get("logprobs") not in (None, False) and self.logprobs == "serve":
+            top = body["top_logprobs"] if chat else body["logprobs"]
+            choice["logprobs"] = self._logprobs(response, top, chat)
         return Reply(
             200, {"object": "completion", "choices": [{**choice, "finish_reason": "stop"}]}
         )
+
+    def _logprobs(self, response: str, top: int, chat: bool) -> dict:
+        tokens = re.findall(r"\s*\S+|\s+$", response)
+        value = self.token_logprob.get(response, -0.1)
+        alternatives = [
+            [(token, value)] + [(f"<alt{i}>", value - 2 - i) for i in range(top - 1)]
+            for token in tokens
+        ]
+        if chat:
+            content = [
+                {
+                    "token": token,
+                    "logprob": value,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts
+                    ],
+                }
+                for token, alts in zip(tokens, alternatives, strict=True)
+            ]
+            return {"content": content}
+        offsets = [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+        return {
+            "tokens": tokens,
+            "token_logprobs": [value] * len(tokens),
+            "top_logprobs": [dict(alts) for alts in alternatives],
+            "text_offset": offsets,
+        }
 
     def _fault(self, fault: str, headers: dict[str, str]) -> Reply:
         if fault == "429":

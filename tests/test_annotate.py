@@ -22,6 +22,7 @@ from tiny import tiny_config
 from dsbs_jax import annotate, checkpoints
 from dsbs_jax.data import metrics, release, synthetic
 from dsbs_jax.models import T5
+from dsbs_jax.teacher import voting
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "sk-test-annotate-0123456789"
@@ -317,10 +318,10 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
 
 def test_majority_clusters_by_the_rule_and_breaks_ties_by_first():
     exact = metrics.labels_match
-    assert annotate.majority(["b", None, "a", "a", "b "], exact) == "b"  # tie: b came first
-    assert annotate.majority([None, "a", "c", "a"], exact) == "a"
-    assert annotate.majority([None, None], exact) is None
-    assert annotate.majority(["(1 + 1)", "(3)", "(6 / 2)"], metrics.equations_match) == "(3)"
+    assert voting.majority(["b", None, "a", "a", "b "], exact) == "b"  # tie: b came first
+    assert voting.majority([None, "a", "c", "a"], exact) == "a"
+    assert voting.majority([None, None], exact) is None
+    assert voting.majority(["(1 + 1)", "(3)", "(6 / 2)"], metrics.equations_match) == "(3)"
 
 
 def test_keep_all_keeps_every_parsed_output():

@@ -20,7 +20,7 @@ from dsbs_jax.data.builders.jsonl import make_builder
 from dsbs_jax.data.jsonl_dataset import JsonlLayout, read_dataset
 from dsbs_jax.gin_utils import ConfigError
 from tasks import registry
-from tasks.jsonl import DEFAULT_ANSWER_FORMAT, jsonl_dataset
+from tasks.jsonl import jsonl_dataset
 
 NAME = "tickets"
 TOPICS = {"billing": "invoice", "shipping": "parcel", "returns": "refund"}
@@ -122,7 +122,7 @@ def test_a_teacher_label_field_and_rows_without_an_id_field(tmp_path):
 
 
 def test_raw_teacher_outputs_are_parsed_by_the_answer_format(tmp_path):
-    teacher_outputs.register_answer_format(NAME, DEFAULT_ANSWER_FORMAT)
+    teacher_outputs.register_answer_format(NAME, teacher_outputs.DEFAULT_ANSWER_FORMAT)
     rows = ticket_rows(3)
     rows[0]["cot"] = "An invoice. So the answer is billing.\n\nQ: and next?"
     rows[1]["cot"] = "I am not sure."
@@ -152,7 +152,7 @@ def annotation_row(row: dict, number: int, outputs: list[str], key: str = "run")
 
 
 def test_annotations_from_dsbs_annotate_join_by_id(tmp_path):
-    teacher_outputs.register_answer_format(NAME, DEFAULT_ANSWER_FORMAT)
+    teacher_outputs.register_answer_format(NAME, teacher_outputs.DEFAULT_ANSWER_FORMAT)
     rows = ticket_rows(5)
     write_rows(tmp_path / NAME / "validation.jsonl", rows)
     said = [f"About the {TOPICS[r['queue']]}. So the answer is {r['queue']}." for r in rows]
@@ -180,7 +180,7 @@ def test_annotations_from_dsbs_annotate_join_by_id(tmp_path):
 
 
 def test_annotations_of_another_version_of_the_rows_are_an_error(tmp_path):
-    teacher_outputs.register_answer_format(NAME, DEFAULT_ANSWER_FORMAT)
+    teacher_outputs.register_answer_format(NAME, teacher_outputs.DEFAULT_ANSWER_FORMAT)
     rows = ticket_rows(3)
     annotations = [
         annotation_row(row, n, ["A. So the answer is x."]) for n, row in enumerate(rows, 1)
@@ -197,7 +197,7 @@ def test_annotations_of_another_version_of_the_rows_are_an_error(tmp_path):
 
 def test_annotations_numbered_another_way_are_an_error(tmp_path):
     """Annotated by line number while the rows have an `id` (the dataset's default id)."""
-    teacher_outputs.register_answer_format(NAME, DEFAULT_ANSWER_FORMAT)
+    teacher_outputs.register_answer_format(NAME, teacher_outputs.DEFAULT_ANSWER_FORMAT)
     rows = [{"id": f"r{n}", **row} for n, row in enumerate(ticket_rows(3))]
     annotations = [
         annotation_row(row, n, ["A. So the answer is x."]) for n, row in enumerate(rows, 1)
@@ -285,7 +285,7 @@ def test_answer_formats():
     fmt = teacher_outputs.AnswerFormat(cut_at="Ticket:", marker="Queue:")
     assert declare(answer_format=fmt).answer_phrase == "Queue:"
     with pytest.raises(ValueError, match="already has answer format"):
-        declare(answer_format=DEFAULT_ANSWER_FORMAT)
+        declare(answer_format=teacher_outputs.DEFAULT_ANSWER_FORMAT)
 
 
 def test_an_unimportable_task_module_is_named(tmp_path, monkeypatch):
@@ -386,23 +386,57 @@ def test_rationales_annotated_by_dsbs_annotate_are_built(tmp_path):
 
 TASK_MODULE = """from tasks.jsonl import jsonl_dataset
 
-TASKS = jsonl_dataset(
-    "tickets", input_field="body", label_field="queue", id_field="ticket", rationale_field="why"
-)
+TASKS = jsonl_dataset("tickets", input_field="body", label_field="queue", id_field="ticket")
 """
+
+
+def annotate_with_an_automatic_prompt(manual_dir: pathlib.Path, rows: dict[str, list]) -> None:
+    """`dsbs-annotate --prompt auto` on each split's rows (test: exemplars from train),
+    against a teacher right about every ticket but one of train's."""
+    answers = {
+        row["body"]: f"It is about the {TOPICS[row['queue']]}. So the answer is {row['queue']}."
+        for split_rows in rows.values()
+        for row in split_rows
+    }
+    answers[rows["train"][0]["body"]] = "It is about something. So the answer is nowhere."
+    folder = manual_dir / NAME
+    with FakeOpenAI(answers) as server:
+        for split in rows:
+            argv = [
+                f"--input=jsonl:{folder / f'{split}.jsonl'}",
+                f"--split={split}",
+                "--prompt=auto",
+                f"--exemplars_from=jsonl:{folder / 'train.jsonl'}",
+                "--exemplars=3",
+                f"--base_url={server.base_url}",
+                f"--model={MODEL}",
+                f"--output_dir={folder}",
+                "--input_field=body",
+                "--label_field=queue",
+                "--id_field=ticket",
+            ]
+            assert annotate.main(argv) == 0
+    prompt = json.loads((folder / annotate.AUTO_PROMPT_FILE).read_text())
+    assert len(prompt["exemplars"]) == 3
+    assert rows["train"][0]["body"] not in {e["input"] for e in prompt["exemplars"]}
 
 
 @pytest.mark.slow
 def test_a_task_module_prepares_trains_and_evaluates(tmp_path, small_vocabulary):
-    """The user's way: a module of a few lines, then dsbs-prepare, dsbs-train (one step of
-    distilling step-by-step) and dsbs-eval on the test split, each naming the module."""
+    """The user's way with a task the project does not know and no prompt written by hand:
+    rows annotated with `dsbs-annotate --prompt auto`, a module of a few lines, then
+    dsbs-prepare, dsbs-train (one step of distilling step-by-step) and dsbs-eval on the test
+    split, each naming the module."""
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "ticket_tasks.py").write_text(TASK_MODULE)
     manual_dir, data_dir = tmp_path / "manual", tmp_path / "data"
-    write_rows(manual_dir / NAME / "train.jsonl", ticket_rows(40))
-    test_rows = ticket_rows(12, start=100)
-    write_rows(manual_dir / NAME / "test.jsonl", test_rows)
+    rows = {"train": ticket_rows(40), "test": ticket_rows(12, start=100)}
+    for split, split_rows in rows.items():
+        without_rationales = [{k: v for k, v in row.items() if k != "why"} for row in split_rows]
+        write_rows(manual_dir / NAME / f"{split}.jsonl", without_rationales)
+    annotate_with_an_automatic_prompt(manual_dir, rows)
+    test_rows = rows["test"]
     on_path = {"python_path": [modules]}
 
     prepared = runs.run(

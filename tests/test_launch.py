@@ -12,6 +12,8 @@ import tomllib
 
 import pytest
 
+from dsbs_jax import meshes
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 LAUNCHERS = ("local.sh", "gpu.sh", "slurm.sbatch", "tpu_vm.sh")
@@ -364,6 +366,13 @@ def tpu_dry_run(
 
 # What a worker's run is told: where the copied gin files are, and to join the others.
 REMOTE_ENV = "DSBS_GIN_DIR=$HOME/gin DSBS_DISTRIBUTED=1"
+# The mesh dsbs-fit measured for T5 base on a v4-8 (BENCHMARKS.md): data parallel.
+BASE_ON_V4_8 = ["--gin.train.fsdp_parallelism=1", "--gin.train.model_parallelism=1"]
+
+
+def remote_args(train: list[str]) -> list[str]:
+    """The arguments of the workers' binary in the last `ssh --command=...`."""
+    return shlex.split(train[-1].removeprefix("--command="))[3:]
 
 
 def test_tpu_dry_run_creates_installs_and_runs_on_all_workers(tmp_path):
@@ -378,7 +387,9 @@ def test_tpu_dry_run_creates_installs_and_runs_on_all_workers(tmp_path):
     )
     where = ["--zone=us-central2-b", "--project=my-project"]
     assert describe == [*TPU, "describe", "dsbs-v4", *where]
-    assert notes == "# only if that describe fails (no such TPU VM):"
+    mesh, describe_note = notes.splitlines()
+    assert mesh.startswith("# mesh for base on v4-32: data 16 x fsdp 1 x model 1 (dsbs-fit on v4-8")
+    assert describe_note == "# only if that describe fails (no such TPU VM):"
     assert create == [
         *TPU,
         "create",
@@ -418,7 +429,7 @@ def test_tpu_defaults_and_bfloat16(tmp_path):
         "--accelerator-type=v4-8",
         "--version=tpu-ubuntu2204-base",
     ]
-    assert shlex.split(train[-1].removeprefix("--command="))[3:] == [*TRAIN_ARGS, BFLOAT16]
+    assert remote_args(train) == [*TRAIN_ARGS, BFLOAT16, *BASE_ON_V4_8]
 
     *_, report = tpu_dry_run(tmp_path, "--name=t", "--zone=z", binary="dsbs-report", args=[])[0]
     assert (
@@ -450,9 +461,78 @@ def test_tpu_remote_commands_run_in_the_workers_shell(tmp_path):
 
     command = train[-1].removeprefix("--command=")
     result = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
-    assert json.loads(result.stdout)["argv"] == [*TRAIN_ARGS, *NASTY_ARGS]
+    assert json.loads(result.stdout)["argv"] == [*TRAIN_ARGS, *NASTY_ARGS, *BASE_ON_V4_8]
     env = json.loads(result.stdout)["env"]
     assert (env["DSBS_GIN_DIR"], env["DSBS_DISTRIBUTED"]) == (f"{home}/gin", "1")
+
+
+PAPER = ["--gin_file=runs/paper/paper.gin", "--gin_file=runs/paper/dataset/cqa.gin"]
+# XL: the paper's large settings with XL's shapes, as BENCHMARKS.md measured it.
+XL = [*PAPER, "--gin_file=runs/paper/size/large.gin", "--gin_file=models/t5_1_1_xl.gin"]
+XXL = [*PAPER, "--gin_file", "gin/runs/paper/size/xxl.gin"]
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "args", "fsdp", "model", "note"),
+    [
+        ("v4-8", [*PAPER, "--gin_file=runs/paper/size/base.gin"], 1, 1, "base on v4-8: data 4 x "),
+        ("v4-8", XL, 4, 1, "xl on v4-8: data 1 x fsdp 4 x model 1 (dsbs-fit: 23.27 GiB of 30.75"),
+        ("v4-32", XXL, 4, 4, "xxl on v4-32: data 1 x fsdp 4 x model 4 (dsbs-fit: 12.89 GiB"),
+        ("v5litepod-16", ["--gin_file=models/flan_t5_base.gin"], 1, 1, "3.78 GiB of 15.75"),
+        ("v4-64", XL, 4, 1, "data 8 x fsdp 4 x model 1 (dsbs-fit on v4-8: 23.27 GiB"),
+    ],
+)
+def test_tpu_dsbs_train_gets_the_mesh_dsbs_fit_measured(accelerator, args, fsdp, model, note):
+    """The mesh follows the model size of the gin files (and those they include) and the
+    slice; its bindings come after the gin files' own (size/xxl.gin binds model 8)."""
+    model_dir = "--gin.MODEL_DIR='gs://b/r'"
+    (*_, train), notes = dry_run(
+        "tpu_vm.sh", "--name=t", "--zone=z", f"--accelerator_type={accelerator}", "dsbs-train",
+        *args, model_dir,
+    )  # fmt: skip
+    mesh = [f"--gin.train.fsdp_parallelism={fsdp}", f"--gin.train.model_parallelism={model}"]
+    assert remote_args(train) == [*args, model_dir, BFLOAT16, *mesh]
+    assert notes.startswith("# mesh for ") and note in notes.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "binding", ["--gin.train.model_parallelism=2", "--gin.train_script.train.fsdp_parallelism=2"]
+)
+def test_tpu_a_mesh_on_the_command_line_wins(binding):
+    (*_, train), notes = dry_run("tpu_vm.sh", "--name=t", "--zone=z", "dsbs-train", *XL, binding)
+    assert remote_args(train) == [*XL, binding, BFLOAT16]
+    assert notes.splitlines()[0] == f"# mesh: the command line's ({binding[6:]})"
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (XXL, "no dsbs-fit figure for xxl on v4-8"),
+        (["--gin_file=runs/train.gin"], "the gin files include no gin/models/ file"),
+        ([*XL, "--gin.TEACHER_CHECKPOINT_PATH='gs://b/flan-t5-xxl'"], "without an online teacher"),
+    ],
+)
+def test_tpu_an_unmeasured_run_keeps_its_mesh_and_is_told_to_run_dsbs_fit(args, reason):
+    (*_, train), notes = dry_run("tpu_vm.sh", "--name=t", "--zone=z", "dsbs-train", *args)
+    assert remote_args(train) == [*args, BFLOAT16]
+    mesh = notes.splitlines()[0]
+    assert mesh.startswith("# mesh unknown: ") and reason in mesh
+    assert "run dsbs-fit --topology v4-8 first" in mesh
+
+
+def test_the_measured_meshes_are_benchmarks_figures():
+    """dsbs_jax/meshes.py's table is the fitting rows of BENCHMARKS.md's dsbs-fit table."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    section = text[text.index("## `dsbs-fit`") :].split("\n## ")[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| 20")]
+    found = {}
+    for _, size, slice_name, mesh, *_, held, _, verdict, _ in (map(str.strip, r) for r in rows):
+        if verdict == "fits":
+            _, fsdp, model = map(int, mesh.split(" x "))
+            found[slice_name, size.split()[0].lower()] = (fsdp, model, float(held))
+    assert found == {
+        key: (fit.fsdp, fit.model, fit.held_gib) for key, fit in meshes.MEASURED.items()
+    }
 
 
 @pytest.mark.parametrize("model_dir", ["'/tmp/run'", '"/tmp/run"', "'run'", "None", "'gs:/b'"])

@@ -157,6 +157,58 @@ def test_the_distillation_grid_is_the_data_efficiency_runs_with_a_teacher():
     assert values["MODE"] == "dsbs" and values["TRAIN_STEPS"] == 1000
 
 
+def sweep_on(topology: str, *argv: str) -> tuple[dict[str, list[str]], str]:
+    """Each size's dry-run command on `topology` (CQA, dsbs-llm, one fraction and seed) and
+    the notes on stderr."""
+    run = subprocess.run(
+        [sys.executable, str(SWEEP), str(PAPER_GRID), "--root=gs://b/r", "--dry-run"]
+        + ["--only=dataset=cqa", "--only=method=dsbs-llm", "--only=TRAIN_FRACTION=1.0"]
+        + ["--only=SEED=0", f"--topology={topology}", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    commands = [shlex.split(line) for line in run.stdout.splitlines()]
+    by_size = {argv[5].rsplit("/", 1)[1].removesuffix(".gin"): argv for argv in commands}
+    return by_size, run.stderr
+
+
+def mesh(fsdp: int, model: int) -> list[str]:
+    return [f"--gin.train.fsdp_parallelism={fsdp}", f"--gin.train.model_parallelism={model}"]
+
+
+def test_a_topology_gives_each_size_the_mesh_dsbs_fit_measured():
+    """On a v4-32: XXL as measured there, base and large as on a v4-8 with more data
+    replicas; the mesh comes after the grid's macros and before the bindings given here."""
+    extra = "--gin.XXL_CHECKPOINT='/m'"
+    commands, notes = sweep_on("v4-32", extra)
+    assert list(commands) == ["base", "large", "xxl"]
+    for size, (fsdp, model) in {"base": (1, 1), "large": (1, 1), "xxl": (4, 4)}.items():
+        macros = ["--gin.TRAIN_FRACTION=1.0", "--gin.SEED=0"]
+        assert commands[size][-5:] == [*macros, *mesh(fsdp, model), extra]
+    assert notes.splitlines() == [
+        "sweep: mesh for base on v4-32: data 16 x fsdp 1 x model 1 (dsbs-fit on v4-8: 5.95 GiB "
+        "of 30.75 per chip, BENCHMARKS.md; v4-32's other chips add data replicas)",
+        "sweep: mesh for large on v4-32: data 16 x fsdp 1 x model 1 (dsbs-fit on v4-8: 16.90 GiB "
+        "of 30.75 per chip, BENCHMARKS.md; v4-32's other chips add data replicas)",
+        "sweep: mesh for xxl on v4-32: data 1 x fsdp 4 x model 4 (dsbs-fit: 12.89 GiB of 30.75 "
+        "per chip, BENCHMARKS.md)",
+    ]
+
+
+def test_a_topology_leaves_a_mesh_given_here_and_unmeasured_sizes_alone():
+    commands, notes = sweep_on("v4-8")
+    assert commands["base"][-2:] == mesh(1, 1) and commands["large"][-2:] == mesh(1, 1)
+    assert commands["xxl"][-1] == "--gin.SEED=0"  # size/xxl.gin's own mesh
+    assert "sweep: mesh unknown: no dsbs-fit figure for xxl on v4-8" in notes
+    assert "run dsbs-fit --topology v4-8 first" in notes
+
+    commands, notes = sweep_on("v4-32", "--gin.train.model_parallelism=8")
+    for argv in commands.values():
+        assert argv[-2:] == ["--gin.SEED=0", "--gin.train.model_parallelism=8"]
+    assert notes == "sweep: mesh: the command line's (train.model_parallelism=8)\n"
+
+
 @pytest.mark.parametrize(
     ("grid", "only", "message"),
     [
@@ -187,11 +239,13 @@ def test_an_unreadable_grid_is_named(tmp_path, capsys):
     assert f"{path}: cannot read the grid" in capsys.readouterr().err
 
 
-def test_a_bad_parallel_count_and_remote_logs_are_refused(tmp_path, capsys):
+def test_a_bad_parallel_count_remote_logs_and_an_unknown_slice_are_refused(tmp_path, capsys):
     assert sweep.main([str(SYNTHETIC_GRID), "--root", str(tmp_path), "--parallel=0"]) == 2
     assert "--parallel 0: expected 1 or more" in capsys.readouterr().err
     assert sweep.main([str(SYNTHETIC_GRID), "--root", "gs://b/r", "--parallel=2"]) == 2
     assert "give --log_dir" in capsys.readouterr().err
+    assert sweep.main([str(SYNTHETIC_GRID), "--root", str(tmp_path), "--topology=v4-9"]) == 2
+    assert "--topology v4-9: expected a TPU slice (v4-8, v4-16," in capsys.readouterr().err
 
 
 def test_a_relative_root_is_made_absolute(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 
@@ -120,6 +121,16 @@ def test_wrong_fraction_extremes(wrong_fraction):
     examples = synthetic.generate_splits(20, 5, 5, wrong_fraction=wrong_fraction)["train"]
     wrong = [ex.teacher.answer != ex.problem.answer for ex in examples]
     assert wrong == [bool(wrong_fraction)] * len(examples)
+
+
+def test_resampled_answers_are_wrong_at_the_rate_asked(splits):
+    rng = np.random.default_rng(0)
+    problems = [example.problem for example in splits["train"]]
+    for wrong_fraction in (0.0, 0.3, 1.0):
+        answers = [synthetic.resample(p, wrong_fraction, rng) for p in problems for _ in range(5)]
+        wrong = [a.answer != p.answer for a, p in zip(answers, np.repeat(problems, 5), strict=True)]
+        assert abs(np.mean(wrong) - wrong_fraction) < 0.1, wrong_fraction
+        assert all(rationale_and_label(a.text)[1] == a.answer for a in answers)
 
 
 def test_wrong_fraction_outside_unit_interval_is_refused():

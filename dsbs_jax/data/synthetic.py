@@ -336,6 +336,14 @@ def _teach(problem: WordProblem, wrong: bool, rng: np.random.Generator) -> Teach
     return TeacherOutput(text, answer, slip)
 
 
+def resample(
+    problem: WordProblem, wrong_fraction: float, rng: np.random.Generator
+) -> TeacherOutput:
+    """Another answer of the rule-based teacher to `problem`, wrong with probability
+    `wrong_fraction`: what a sampled teacher LLM does (self-consistency, `--prompt auto`)."""
+    return _teach(problem, bool(rng.random() < wrong_fraction), rng)
+
+
 # ---------------------------------------------------------------------------------------------
 # Splits and the release layout
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
     "anli1": AnswerFormat("Premise:", "So the answer is"),
     "synthetic": AnswerFormat("Q:", "So the answer is"),
 }
+# A user's dataset that declares no format of its own: its chain-of-thought targets and an
+# automatic prompt's teacher state the answer so.
+DEFAULT_ANSWER_FORMAT = AnswerFormat(cut_at="Q:", marker="So the answer is")
 
 
 def register_answer_format(name: str, fmt: AnswerFormat) -> None:

@@ -10,12 +10,18 @@ offer `stats() -> dict` (its request counters), which the manifest then records.
 from collections.abc import Sequence
 from typing import Protocol
 
+from dsbs_jax.teacher.prompts import Prompt
+
 
 class TeacherError(Exception):
     """The teacher cannot serve this run at all (wrong key, URL or model): stop, don't retry."""
 
 
 class Teacher(Protocol):
+    # The prompt each input is asked in; `--prompt auto` swaps the zero-shot one it asked
+    # candidates with for the one it built.
+    prompt: Prompt
+
     @property
     def description(self) -> dict:
         """The teacher and its decoding settings, as JSON-able values and without secrets:

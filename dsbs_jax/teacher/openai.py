@@ -12,6 +12,12 @@ Each sample is its own request (`n` is 1): not every server implements `n > 1`, 
 at temperature 0 need not be deterministic either. With a `seed`, sample j asks for seed
 `seed + j`, so servers that honour it (vLLM, llama.cpp, OpenAI) repeat their samples.
 
+With `logprobs=K`, each request asks for the top-K log-probabilities of every generated
+token (completions: `logprobs: K`; chat: `logprobs: true, top_logprobs: K`) and each output
+comes with its `confidence.Tokens`. A server that ignores the parameter gives outputs without
+them (counted); one that rejects it (HTTP 400) is asked again without, and if that succeeds
+the run goes on text-only, saying so once.
+
 The API key is read only from an environment variable, sent as a bearer token, and scrubbed
 from every message this module writes. Redirects are not followed: urllib would send the key on
 to wherever they point (and turn the POST into a GET), so one fails the run, naming its target.
@@ -32,9 +38,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 from urllib.parse import urljoin
 
 from dsbs_jax.teacher.backends import TeacherError
+from dsbs_jax.teacher.confidence import Tokens
 from dsbs_jax.teacher.prompts import Prompt
 
 ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
@@ -44,6 +52,13 @@ SERVER_MESSAGE_CHARS = 300
 SERVER_BODY_BYTES = 65536  # a longer error body is not quoted
 
 log = logging.getLogger(__name__)
+
+
+class Answer(NamedTuple):
+    """One output's text and, when asked for and given, its tokens' log-probabilities."""
+
+    text: str
+    tokens: Tokens | None
 
 
 class _Failure(Exception):
@@ -132,6 +147,7 @@ class OpenAITeacher:
         seed: int | None = None,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        logprobs: int | None = None,
     ):
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint {endpoint!r}: expected one of {sorted(ENDPOINTS)}")
@@ -144,6 +160,7 @@ class OpenAITeacher:
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.stop = list(stop) if stop else None
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.logprobs, self.logprobs_refused = logprobs, ""
         self._rate = RateLimiter(requests_per_minute)
         self._halt, self._fatal = threading.Event(), ""
         self._lock = threading.Lock()
@@ -160,6 +177,7 @@ class OpenAITeacher:
             "max_tokens": self.max_tokens,
             "stop": self.stop,
             "seed": self.seed,
+            **({"logprobs": self.logprobs} if self.logprobs is not None else {}),
         }
 
     def stats(self) -> dict:
@@ -171,6 +189,11 @@ class OpenAITeacher:
     def generate(self, inputs: Sequence[str], samples: int) -> list[list[str | None]]:
         """Per input, `samples` outputs (None: failed after retries), `concurrency` at a time.
         Raises `TeacherError` when the server refuses the key, URL or model."""
+        answers = self.answers(inputs, samples)
+        return [[a and a.text for a in outputs] for outputs in answers]
+
+    def answers(self, inputs: Sequence[str], samples: int) -> list[list[Answer | None]]:
+        """As `generate`, with each output's token log-probabilities (when asked for)."""
         texts = [text for text in inputs for _ in range(samples)]
         with ThreadPoolExecutor(self.concurrency) as pool:
             outputs = list(pool.map(self._sample, texts, list(range(samples)) * len(inputs)))
@@ -180,14 +203,17 @@ class OpenAITeacher:
 
     # -----------------------------------------------------------------------------------------
 
-    def _sample(self, text: str, sample: int) -> str | None:
+    def _sample(self, text: str, sample: int) -> Answer | None:
         """One sample with retries; None when it failed for good or the run is halted."""
-        body, attempts = self._body(text, sample), 0
+        body, attempts, refusal = self._body(text, sample), 0, ""
         while not self._halt.is_set():
             self._rate.wait(self._halt)
             try:
                 output = self._post(body)
             except _Failure as failure:
+                if failure.cause == "rejected" and "logprobs" in body:
+                    body, refusal = self._body(text, sample, logprobs=False), failure.message
+                    continue  # the server may not take logprobs: ask again without
                 attempts += 1
                 if failure.cause not in RETRIED_CAUSES or attempts > self.max_retries:
                     return self._give_up(failure, attempts)
@@ -198,8 +224,19 @@ class OpenAITeacher:
                 )
                 continue
             self._count(self._counts, "succeeded")
+            if refusal:
+                self._refuse_logprobs(refusal)
             return output
         return None
+
+    def _refuse_logprobs(self, message: str) -> None:
+        """The server answers without logprobs what it rejected with them: stop asking."""
+        with self._lock:
+            first, self.logprobs_refused = not self.logprobs_refused, message
+        if first:
+            log.warning(
+                "the server rejects logprobs (%s): annotating text only", self._scrub(message)
+            )
 
     def _give_up(self, failure: _Failure, attempts: int) -> None:
         self._count(self._counts, "failed")
@@ -226,7 +263,7 @@ class OpenAITeacher:
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _body(self, text: str, sample: int) -> dict:
+    def _body(self, text: str, sample: int, logprobs: bool = True) -> dict:
         body = {
             "model": self.model,
             "max_tokens": self.max_tokens,
@@ -241,6 +278,11 @@ class OpenAITeacher:
             body["stop"] = self.stop
         if self.seed is not None:
             body["seed"] = self.seed + sample
+        if logprobs and self.logprobs is not None and not self.logprobs_refused:
+            if self.endpoint == "chat":
+                body.update(logprobs=True, top_logprobs=self.logprobs)
+            else:
+                body["logprobs"] = self.logprobs
         return body
 
     def _headers(self) -> dict[str, str]:
@@ -249,7 +291,7 @@ class OpenAITeacher:
             headers["Authorization"] = f"Bearer {self._key}"
         return headers
 
-    def _post(self, body: dict) -> str:
+    def _post(self, body: dict) -> Answer:
         """One attempt: the output text, or `_Failure` saying why not."""
         data = json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url, data, self._headers(), method="POST")
@@ -283,8 +325,9 @@ class OpenAITeacher:
             return _Failure("5xx", message, _retry_after(error.headers))
         return _Failure("refused" if error.code in REFUSED else "rejected", message)
 
-    def _output(self, payload: bytes) -> str:
-        """`choices[0].text` (completions) or `choices[0].message.content` (chat)."""
+    def _output(self, payload: bytes) -> Answer:
+        """`choices[0].text` (completions) or `choices[0].message.content` (chat), with
+        `choices[0].logprobs` when the server gave them."""
         field = "choices[0].message.content" if self.endpoint == "chat" else "choices[0].text"
         try:
             choice = json.loads(payload)["choices"][0]
@@ -293,4 +336,25 @@ class OpenAITeacher:
             text = None
         if not isinstance(text, str):
             raise _Failure("malformed", f"the answer is not JSON with a string {field}")
-        return text
+        return Answer(text, _tokens(choice.get("logprobs"), self.endpoint == "chat"))
+
+
+def _tokens(logprobs: object, chat: bool) -> Tokens | None:
+    """The tokens of a choice's `logprobs` in either endpoint's shape; None when absent or
+    not in that shape (a server that ignores the parameter, or one of its own)."""
+    try:
+        if chat:
+            content = logprobs["content"]
+            tokens = [item["token"] for item in content]
+            values = [item["logprob"] for item in content]
+            top = [
+                [(t["token"], t["logprob"]) for t in item.get("top_logprobs") or []]
+                for item in content
+            ]
+        else:
+            tokens, values = logprobs["tokens"], logprobs["token_logprobs"]
+            top = [list((alts or {}).items()) for alts in logprobs.get("top_logprobs") or []]
+            top = top or [[] for _ in tokens]
+        return Tokens.from_json({"tokens": tokens, "logprobs": values, "top": top})
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -17,7 +17,8 @@ A prompt is a JSON file (the packaged ones are in `PROMPTS_DIR`, one per dataset
       "input_fields": ["premise", "hypothesis"],  # optional: names for the input's parts
       "input_separator": "</s>",        # optional: what the input's parts are joined with
       "answer_format": {"cut_at": "Q:", "marker": "So the answer is"},  # optional: see below
-      "exemplars": [{"input": "...", "output": "..."}, ...]
+      "exemplars": [{"input": "...", "output": "..."}, ...],
+      "provenance": {...}               # optional, ignored: how `--prompt auto` built it
     }
 
 An exemplar's input is the model input as the dataset's builder makes it; its output is the
@@ -53,7 +54,13 @@ _REQUIRED = {
     "template": str,
     "exemplars": list,
 }
-_OPTIONAL = {"separator": str, "input_fields": list, "input_separator": str, "answer_format": dict}
+_OPTIONAL = {
+    "separator": str,
+    "input_fields": list,
+    "input_separator": str,
+    "answer_format": dict,
+    "provenance": dict,  # how the prompt was made (`--prompt auto`); not part of the prompt
+}
 _FORMAT_REQUIRED = {"cut_at": str, "marker": str}
 _FORMAT_OPTIONAL = {"label_pattern": str, "label_description": str, "drop_final_period": bool}
 _EXPECTED = {str: "a string", list: "an array", dict: "an object", bool: "true or false"}
@@ -173,6 +180,13 @@ class Prompt:
         messages.append({"role": "user", "content": self.query(input)})
         return messages
 
+    def to_json(self) -> dict:
+        """The prompt as a file `load_prompt` reads back into an equal prompt."""
+        data = dataclasses.asdict(self)
+        if self.answer_format is None:
+            del data["answer_format"]
+        return data
+
     @property
     def sha256(self) -> str:
         """Hex SHA-256 of all fields as canonical JSON: names this exact prompt in manifests."""
@@ -238,6 +252,7 @@ def _prompt_from_json(data: Any) -> Prompt:
     answer_format = (
         _answer_format_from_json(data["answer_format"]) if "answer_format" in data else None
     )
+    data = {key: value for key, value in data.items() if key != "provenance"}
     return Prompt(
         **{
             **data,
