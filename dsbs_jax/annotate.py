@@ -179,10 +179,14 @@ def read_jsonl(path: str, fields: JsonlFields) -> tuple[list[Example], list[str]
 
 
 def read_examples(
-    args: argparse.Namespace, spec: release.DatasetSpec | None, flag: str, split: str
+    args: argparse.Namespace,
+    spec: release.DatasetSpec | None,
+    source: str,
+    split: str,
+    flag: str = "--input",
 ) -> tuple[list[Example], list[str]]:
-    """The examples the flag `input` or `exemplars_from` names, and the lines skipped."""
-    source = getattr(args, flag)
+    """The examples of `source` (what `flag` gave: --input or --exemplars_from), and the
+    lines skipped."""
     scheme, _, location = source.partition(":")
     if scheme == "tfds" and location:
         if spec:
@@ -192,7 +196,7 @@ def read_examples(
         id_field = (spec.id_field if spec else args.id_field) or None
         fields = JsonlFields(spec, args.input_field, args.label_field, id_field)
         return read_jsonl(location, fields)
-    raise cli.UsageError(f"--{flag} {source}: expected tfds:NAME or jsonl:PATH")
+    raise cli.UsageError(f"{flag} {source}: expected tfds:NAME or jsonl:PATH")
 
 
 def dataset_spec(name: str, split: str) -> release.DatasetSpec:
@@ -483,18 +487,17 @@ def automatic_prompt(
     """`--prompt auto`: exemplars from the training rows (`auto_prompt`), built once into
     OUTPUT_DIR and reused by every later run with the same settings, so that its answers keep
     their fingerprint (another prompt would re-ask the teacher for every example)."""
-    if args.exemplars_from is None:
-        if args.input.startswith("jsonl:") and args.split != "train":
-            raise cli.UsageError(
-                f"--prompt {AUTO} takes its exemplars from training rows: with --split "
-                f"{args.split}, name them with --exemplars_from jsonl:PATH"
-            )
-        args.exemplars_from = args.input
-    pool, _ = read_examples(args, spec, "exemplars_from", "train")
+    source = args.exemplars_from or args.input
+    if args.exemplars_from is None and args.input.startswith("jsonl:") and args.split != "train":
+        raise cli.UsageError(
+            f"--prompt {AUTO} takes its exemplars from training rows: with --split "
+            f"{args.split}, name them with --exemplars_from jsonl:PATH"
+        )
+    pool, _ = read_examples(args, spec, source, "train", "--exemplars_from")
     search = auto_prompt.Search(args.exemplars, args.candidates, args.auto_samples, args.seed or 0)
     settings = {
         "dataset": base.dataset,
-        "exemplars_from": args.exemplars_from,
+        "exemplars_from": source,
         "rows": len(pool),
         "search": dataclasses.asdict(search),
         "teacher": teacher.description,
@@ -502,7 +505,7 @@ def automatic_prompt(
     path = args.output_dir / AUTO_PROMPT_FILE
     if path.exists():
         return reused_prompt(path, settings)
-    say(f"building a prompt from {len(pool)} rows of {args.exemplars_from} (--prompt {AUTO})")
+    say(f"building a prompt from {len(pool)} rows of {source} (--prompt {AUTO})")
     rows = [auto_prompt.Row(example.input, example.gold) for example in pool]
     try:
         prompt, report = auto_prompt.build(base, rows, teacher.generate, search)
@@ -654,7 +657,7 @@ def run(args: argparse.Namespace) -> int:
     """Annotate every pending example; 1 if some are left or input lines were skipped."""
     start = time.monotonic()
     spec = dataset_spec(args.dataset, args.split) if args.dataset else None
-    examples, problems = read_examples(args, spec, "input", args.split)
+    examples, problems = read_examples(args, spec, args.input, args.split)
     examples = examples[: args.limit]
     if problems:
         print("\n".join(problems), file=sys.stderr, flush=True)

@@ -127,9 +127,9 @@ def test_a_packaged_dataset_keeps_its_layout_and_a_prompt_file_round_trips(tmp_p
     zero = auto_prompt.zero_shot(base).text("What is it?\nAnswer Choices:\n(a) x\n(b) y")
     assert zero.startswith(packaged.instruction) and zero.endswith(auto_prompt.TRIGGER)
 
-    built = dataclasses.replace(auto_prompt.skeleton("kinds"), exemplars=packaged.exemplars[:0])
     built = dataclasses.replace(
-        built, exemplars=(prompts.Exemplar("Q one", "Because. So the answer is x."),)
+        auto_prompt.skeleton("kinds"),
+        exemplars=(prompts.Exemplar("Q one", "Because. So the answer is x."),),
     )
     path = tmp_path / "prompt.json"
     path.write_text(json.dumps({**built.to_json(), "provenance": {"any": "thing"}}))
