@@ -16,7 +16,8 @@
         --split SPLIT --output_dir DIR  (the offline teacher's top-k: `annotate_topk`)
 
 Paying a teacher for thousands of examples must survive a busy server and a killed run. So
-rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` chunk by chunk, each with the
+rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` as their answers arrive (a kill
+loses only the requests in flight), each with the
 example's id, input and gold label and a fingerprint of (teacher, prompt, samples): a re-run
 skips the examples that have a row (same fingerprint, same input), and at the end every run
 rewrites the file as an uninterrupted one would leave it (its rows in input order, then any
@@ -67,8 +68,6 @@ PROG = "dsbs-annotate"
 AUTO = "auto"  # --prompt auto: exemplars from the task's own rows
 AUTO_PROMPT_FILE = "auto_prompt.json"
 KEEP = ("vote", "gold", "all")
-# Examples per chunk, per request slot: enough to keep every slot busy between the writes.
-CHUNK_PER_WORKER = 4
 SETTINGS = (
     "input",
     "split",
@@ -541,17 +540,6 @@ def reused_prompt(path: pathlib.Path, settings: dict) -> prompts.Prompt:
     return prompt
 
 
-def ask(
-    teacher: Teacher, inputs: list[str], args: argparse.Namespace
-) -> list[list[tuple[str, Tokens | None] | None]]:
-    """Per input, `--samples` (text, tokens) answers, None for a request that failed; the
-    tokens' log-probabilities only with `--logprobs` (from an `OpenAITeacher`)."""
-    if args.logprobs is not None:
-        return teacher.answers(inputs, args.samples)
-    outputs = teacher.generate(inputs, args.samples)
-    return [[None if text is None else (text, None) for text in texts] for texts in outputs]
-
-
 def annotate_pending(
     args: argparse.Namespace,
     teacher: Teacher,
@@ -560,36 +548,32 @@ def annotate_pending(
     examples: list[Example],
     rows: dict[Id, dict],
 ) -> int:
-    """Annotate the examples without a row, chunk by chunk, appending to the output file;
-    returns the number of requests that failed after all retries. An example is written only
-    when every one of its samples was answered (the next run asks again for the others)."""
+    """Annotate the examples without a row, appending each one's row to the output file as
+    soon as its answers are in (a kill loses only the requests in flight); returns the number
+    of requests that failed after all retries. An example is written only when every one of
+    its samples was answered (the next run asks again for the others)."""
     pending = [example for example in examples if example.id not in rows]
-    workers = args.concurrency if args.backend == "openai" else args.batch_size
-    chunk_size = CHUNK_PER_WORKER * workers
     done, failures = len(examples) - len(pending), 0
     counter = progress.Counter(len(examples), initial=done)
     with open(args.output_dir / annotations_file(args.split), "ab") as stream:
-        for start in range(0, len(pending), chunk_size):
-            chunk = pending[start : start + chunk_size]
-            answers = ask(teacher, [example.input for example in chunk], args)
-            failures += sum(answer is None for samples in answers for answer in samples)
-            new = [
-                annotation(
-                    example,
-                    [text for text, _ in samples],
+        answered = teacher.stream([example.input for example in pending], args.samples)
+        for index, answers in answered:
+            failures += answers.count(None)
+            if None not in answers:
+                row = annotation(
+                    pending[index],
+                    [answer.text for answer in answers],
                     prompt.dataset,
                     args.keep,
                     key,
-                    None if args.logprobs is None else [tokens for _, tokens in samples],
+                    None if args.logprobs is None else [answer.tokens for answer in answers],
                     args.min_confidence,
                 )
-                for example, samples in zip(chunk, answers, strict=True)
-                if None not in samples
-            ]
-            jsonl.append_rows(stream, new)
-            rows.update((row["id"], row) for row in new)
-            done += len(new)
-            counter.update(done, force=start + chunk_size >= len(pending), failures=failures)
+                jsonl.append_rows(stream, [row])
+                rows[row["id"]] = row
+                done += 1
+            counter.update(done, failures=failures)
+    counter.update(done, force=True, failures=failures)
     return failures
 
 

@@ -1,8 +1,16 @@
-"""What the plain-flag binaries (`dsbs-infer`, `dsbs-annotate`) share about failing well:
-a flag, file or name that cannot be used ends the run with one line and exit status 2."""
+"""What the binaries share about ending: a flag, file or name that cannot be used ends the
+run with one line and exit status 2 (the plain-flag binaries, `dsbs-infer` and
+`dsbs-annotate`, through `exit_status`); a run that a SIGTERM stopped before it finished
+exits `PREEMPTED_EXIT`."""
 
+import signal
 import sys
 from collections.abc import Callable
+
+# A run that SIGTERM stopped after saving its work, before it finished: sysexits'
+# EX_TEMPFAIL ("try again"), so that a launcher or a sweep tells it from a finished run (0)
+# and from a failed one, and runs the same command again to resume it.
+PREEMPTED_EXIT = 75
 
 
 class UsageError(Exception):
@@ -16,3 +24,18 @@ def exit_status(prog: str, run: Callable[[], int]) -> int:
     except UsageError as error:
         print(f"{prog}: {error}", file=sys.stderr, flush=True)
         return 2
+
+
+class OnSigterm:
+    """Inside its `with` block, a SIGTERM calls `on_sigterm()` instead of ending the process:
+    a run that is stopped gets to save its work first."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.on_sigterm())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def on_sigterm(self) -> None:
+        raise NotImplementedError

@@ -10,8 +10,11 @@ For each checkpoint and each task of TASK (a task or a mixture) and of RATIONALE
 set: the student's own rationales, ROUGE-L against the teacher's, and how often the answer
 a rationale states agrees with the predicted label), it writes `{task}_{split}_{step}.jsonl`
 and `.metrics.json` into EVAL_OUTPUT_DIR (`dsbs_jax/results.py`) and TensorBoard scalars at
-the checkpoint's step under `EVAL_OUTPUT_DIR/{split}`. Finished results are skipped, so
-running the command again completes an interrupted job. A checkpoint that cannot be read
+the checkpoint's step under `EVAL_OUTPUT_DIR/{split}`. Each result records what made it
+(the checkpoint's path, the decoding settings, the lengths, the example cap): a result made
+the same way is skipped, so running the command again completes an interrupted job; one made
+otherwise is refused before any work (exit 2, naming the difference), or redone with
+`evaluate.overwrite = True`. A checkpoint that cannot be read
 is named and the others still run (exit status 1). `--select_on=validation` evaluates every
 checkpoint on validation and only the best one on SPLIT.
 """
@@ -133,6 +136,10 @@ class EvalResult:
         return "\n".join(lines)
 
 
+class StaleResult(ConfigError):
+    """EVAL_OUTPUT_DIR holds a result for this checkpoint, task and split, made otherwise."""
+
+
 class _Job:
     """Evaluates checkpoints one at a time, reading each only if something is left to do."""
 
@@ -144,9 +151,11 @@ class _Job:
         batch_size: int,
         num_examples: int | None,
         decoding: Mapping,
+        overwrite: bool = False,
     ):
         self.sides, self.output_dir, self.mesh = sides, output_dir, mesh
         self.batch_size, self.num_examples, self.decoding = batch_size, num_examples, decoding
+        self.overwrite = overwrite
         self.evaluators: dict[tuple[str, str], TaskEvaluator] = {}
         self.summaries = Summaries(output_dir)
         self.result = EvalResult(output_dir)
@@ -162,13 +171,41 @@ class _Job:
     def _metrics_path(self, task: str, split: str, step: int) -> epath.Path:
         return epath.Path(results.result_paths(self.output_dir, task, split, step)[1])
 
+    def _made_by(self, checkpoint: Checkpoint, side: str) -> dict:
+        lengths = self.sides[side][1]
+        return results.made_by(checkpoint.path, self.decoding, lengths, self.num_examples)
+
     def _finished(self, checkpoint: Checkpoint, split: str, sides: Sequence[str]) -> dict | None:
-        """The saved metrics of every task, if all of them are on disk."""
-        tasks = [t for side in sides for t in self._evaluator(side, split).task_names]
-        paths = {task: self._metrics_path(task, split, checkpoint.step) for task in tasks}
-        if not all(path.exists() for path in paths.values()):
-            return None
-        return {task: json.loads(path.read_text())["metrics"] for task, path in paths.items()}
+        """The saved metrics of every task, if all are on disk and were made as this job makes
+        them. Raises `StaleResult` for one made otherwise, unless `overwrite` (then None)."""
+        finished, complete = {}, True
+        for side in sides:
+            made_by = self._made_by(checkpoint, side)
+            for task in self._evaluator(side, split).task_names:
+                path = self._metrics_path(task, split, checkpoint.step)
+                if not path.exists():
+                    complete = False
+                    continue
+                saved = json.loads(path.read_text())
+                differences = [
+                    f"{key} {saved.get(key)!r} there, {value!r} now"
+                    for key, value in made_by.items()
+                    if saved.get(key) != value
+                ]
+                if differences and not self.overwrite:
+                    raise StaleResult(
+                        f"{path} holds a result made otherwise ({'; '.join(differences)}): "
+                        "give another EVAL_OUTPUT_DIR, or bind evaluate.overwrite=True to redo it"
+                    )
+                complete = complete and not differences
+                finished[task] = saved["metrics"]
+        return finished if complete else None
+
+    def check(self, checkpoints: Sequence[Checkpoint], splits: Sequence[str]) -> None:
+        """Refuse before any work if a result on disk was made otherwise."""
+        for checkpoint in checkpoints:
+            for split in splits:
+                self._finished(checkpoint, split, list(self.sides))
 
     def run(
         self, checkpoint: Checkpoint, split: str, sides: Sequence[str], **details
@@ -199,7 +236,8 @@ class _Job:
             else:
                 for task, task_rows in rows.items():
                     metrics[task].update(self._consistency(task, task_rows, label_rows, split))
-            self._write(checkpoint, split, metrics, rows, run, details)
+            made_by = self._made_by(checkpoint, side)
+            self._write(checkpoint, split, metrics, rows, run, {**made_by, **details})
             all_metrics.update(metrics)
             examples = sum(len(r) for r in rows.values())
             seconds = time.monotonic() - start
@@ -250,9 +288,7 @@ class _Job:
             checkpoint.step,
             metrics,
             rows,
-            checkpoint=checkpoint.path,
             run=run,
-            decoding=dict(self.decoding),
             **details,
         )
         scalars = {f"{task}/{k}": v for task, values in metrics.items() for k, v in values.items()}
@@ -281,10 +317,13 @@ def evaluate(
     select_metric: str = "accuracy",
     model_parallelism: int = 1,
     fsdp_parallelism: int = 1,
+    overwrite: bool = False,
     registered_tasks: Sequence[str] = (),
 ) -> EvalResult:
     """Evaluate every checkpoint of `checkpoint_path` on `split` (or, with `select_on`, all on
-    that split and the best by `select_metric` on `split`).
+    that split and the best by `select_metric` on `split`). With `overwrite`, results in
+    `output_dir` made otherwise (another checkpoint, decoding, lengths or example cap) are
+    redone instead of refused.
 
     `task_feature_lengths` is training's: 'inputs', and the target lengths 'label' (for
     `task`) and 'rationale' (for `rationale_task`), which bound the decoded lengths.
@@ -309,7 +348,8 @@ def evaluate(
     if method == "beam":
         decoding["options"] = {"num_beams": num_beams, "length_penalty": length_penalty}
     checkpoints = find_checkpoints(checkpoint_path)
-    job = _Job(sides, output_dir, mesh, batch_size, num_examples, decoding)
+    job = _Job(sides, output_dir, mesh, batch_size, num_examples, decoding, overwrite)
+    job.check(checkpoints, [split] + ([select_on] if select_on else []))
     if not select_on:
         for checkpoint in checkpoints:
             job.run(checkpoint, split, list(sides))

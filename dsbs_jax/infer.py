@@ -3,7 +3,8 @@
     dsbs-infer --checkpoint PATH --input FILE.jsonl --output_file OUT.jsonl
         [--output label|rationale|both] [--vocabulary SPM_MODEL]
         [--input_field input] [--id_field id] [--batch_size 32] [--max_input_length 512]
-        [--label_length 32] [--rationale_length 256] [--method greedy|beam] [--num_beams 4]
+        [--long_inputs truncate|refuse] [--label_length 32] [--rationale_length 256]
+        [--method greedy|beam] [--num_beams 4]
         [--model_parallelism 1] [--coordinator_address=HOST:PORT --num_processes=N
         --process_id=I]
 
@@ -12,13 +13,19 @@ Serving a student needs neither TensorFlow nor SeqIO, so this binary tokenises w
 leave room for EOS), and decodes through `inference.BatchDecoder` like every other binary.
 Rows are appended and flushed batch by batch, so a reader sees results as they come, and
 a run skips the ids already in its output: a killed run resumes where it stopped and ends
-with the same file an uninterrupted run writes. Bad input lines are named and skipped.
+with the same file an uninterrupted run writes. What made the rows (checkpoint, vocabulary,
+fields, lengths, decoding) is recorded beside them in `OUT.jsonl.settings.json`: a run with
+other settings refuses to add to them (exit 2, naming the difference) rather than mix them.
+Bad input lines are named and skipped. Inputs longer than `--max_input_length` tokens (with
+the prefix and EOS) are counted before any decoding: cut to fit with a warning, or with
+`--long_inputs refuse` the run stops there (exit 2) naming them.
 """
 
 import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import IO
@@ -36,6 +43,7 @@ PROG = "dsbs-infer"
 DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 PREFIXES = {"label": LABEL_PREFIX, "rationale": RATIONALE_PREFIX}
 FIELDS = {"label": ("label",), "rationale": ("rationale",), "both": ("label", "rationale")}
+SETTINGS_SUFFIX = ".settings.json"  # beside the output file: what made its rows
 
 Id = str | int
 
@@ -70,8 +78,50 @@ def read_inputs(path: str, input_field: str, id_field: str) -> tuple[list[Exampl
         raise cli.UsageError(f"--input {path}: cannot read it ({reason})") from None
 
 
-def finished_ids(path: str) -> set[Id]:
-    """Ids already in an output file; a partial last line (a killed write) is dropped first."""
+def made_by(args: argparse.Namespace) -> dict:
+    """What an output file's rows depend on: rows made otherwise are not this run's."""
+
+    def resolved(path: str) -> str:
+        return path if "://" in path else os.path.abspath(path)
+
+    names = ("output", "max_input_length", "label_length", "rationale_length", "method")
+    return {
+        "checkpoint": resolved(args.checkpoint),
+        "vocabulary": resolved(args.vocabulary),
+        **{name: getattr(args, name) for name in names},
+        **({"num_beams": args.num_beams} if args.method == "beam" else {}),
+    }
+
+
+def settings_file(output_file: str) -> epath.Path:
+    return epath.Path(output_file + SETTINGS_SUFFIX)
+
+
+def check_made_by(output_file: str, settings: dict, rows: int) -> None:
+    """Refuse to add to rows that another run's settings made; record these for a new file."""
+    path = settings_file(output_file)
+    remedy = "give another --output_file, or remove it (and its settings) to predict again"
+    if not rows:
+        files.write_atomically(path, json.dumps(settings, indent=2) + "\n")
+    elif not path.exists():
+        raise cli.UsageError(f"{output_file} has {rows} rows but no {path.name}: {remedy}")
+    else:
+        saved = json.loads(path.read_text())
+        differences = [
+            f"{key} {saved.get(key)!r} there, {value!r} now"
+            for key, value in settings.items()
+            if saved.get(key) != value
+        ]
+        if differences:
+            made = "; ".join(differences)
+            raise cli.UsageError(
+                f"{output_file} holds {rows} rows made otherwise ({made}): {remedy}"
+            )
+
+
+def finished_ids(path: str, settings: dict) -> set[Id]:
+    """Ids already in an output file made with `settings`; a partial last line (a killed
+    write) is dropped first."""
     lines, partial = files.complete_lines(path)
     if partial:
         say(f"dropped the partial last line of {path} (a write that was cut off)")
@@ -84,12 +134,13 @@ def finished_ids(path: str) -> set[Id]:
                 f"{path}:{number}: not a row dsbs-infer writes (expected a JSON object with "
                 "an 'id'); give another --output_file or remove this one"
             ) from None
+    check_made_by(path, settings, len(lines))
     return ids
 
 
-def pending_examples(examples: list[Example], output_file: str) -> list[Example]:
+def pending_examples(examples: list[Example], output_file: str, settings: dict) -> list[Example]:
     """The examples without a row in the output file, as process 0 sees it."""
-    done = finished_ids(output_file) if jax.process_index() == 0 else set()
+    done = finished_ids(output_file, settings) if jax.process_index() == 0 else set()
     todo = np.array([example.id not in done for example in examples], np.int32)
     if jax.process_count() > 1:
         todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
@@ -136,6 +187,34 @@ def predict(
     return rows
 
 
+def long_inputs(
+    examples: list[Example], tokenizer: Tokenizer, fields: Sequence[str], max_input_length: int
+) -> list[tuple[Id, int]]:
+    """(id, tokens) of each example whose input, with a field's prefix and EOS, is longer
+    than `max_input_length`: `Tokenizer.encode` would cut its end off."""
+    lengths = [0] * len(examples)
+    for field in fields:
+        ids = tokenizer.ids([PREFIXES[field] + example.input for example in examples])
+        lengths = [max(length, len(row) + 1) for length, row in zip(lengths, ids, strict=True)]
+    return [(e.id, n) for e, n in zip(examples, lengths, strict=True) if n > max_input_length]
+
+
+def check_lengths(examples: list[Example], tokenizer: Tokenizer, args: argparse.Namespace) -> None:
+    """Warn about the inputs `--max_input_length` cuts, or refuse them (`--long_inputs`)."""
+    long = long_inputs(examples, tokenizer, FIELDS[args.output], args.max_input_length)
+    if not long:
+        return
+    named = ", ".join(f"{example_id!r} ({tokens} tokens)" for example_id, tokens in long[:5])
+    named += ", ..." if len(long) > 5 else ""
+    message = (
+        f"{len(long)} of {len(examples)} inputs are longer than --max_input_length "
+        f"{args.max_input_length} tokens with the prefix and EOS: {named}"
+    )
+    if args.long_inputs == "refuse":
+        raise cli.UsageError(f"{message}; raise --max_input_length (nothing was decoded)")
+    say(f"{message}; their ends are cut off (--long_inputs refuse stops instead)")
+
+
 def make_decoders(
     args: argparse.Namespace, tokenizer: Tokenizer
 ) -> dict[str, inference.BatchDecoder]:
@@ -171,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     examples, problems = read_inputs(args.input, args.input_field, args.id_field)
     if problems and jax.process_index() == 0:
         print("\n".join(problems), file=sys.stderr, flush=True)
-    pending = pending_examples(examples, args.output_file)
+    pending = pending_examples(examples, args.output_file, made_by(args))
     if not pending:
         say(
             f"all {len(examples)} examples of {args.input} are in {args.output_file}: nothing to do"
@@ -181,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer(args.vocabulary)
     except VocabularyError as error:
         raise cli.UsageError(f"--vocabulary {error}") from None
+    check_lengths(pending, tokenizer, args)
     decoders = make_decoders(args, tokenizer)
     done = len(examples) - len(pending)
     counter = progress.Counter(len(examples), initial=done)
@@ -222,6 +302,12 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--id_field", default="id", help="absent: the line number is the id")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_input_length", type=int, default=512)
+    parser.add_argument(
+        "--long_inputs",
+        choices=("truncate", "refuse"),
+        default="truncate",
+        help="inputs over --max_input_length: cut their ends (with a warning) or stop first",
+    )
     parser.add_argument("--label_length", type=int, default=32)
     parser.add_argument("--rationale_length", type=int, default=256)
     parser.add_argument("--method", choices=("greedy", "beam"), default="greedy")

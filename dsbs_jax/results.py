@@ -72,6 +72,19 @@ def read_run(checkpoint_path: str) -> dict[str, Any] | None:
     return None
 
 
+def made_by(
+    checkpoint: str, decoding: Mapping, lengths: Mapping[str, int], num_examples: int | None
+) -> dict[str, Any]:
+    """What an evaluation's result depends on besides its task, split and step, as results
+    record it: a later job tells a result of its own from one made otherwise."""
+    return {
+        "checkpoint": checkpoint if "://" in checkpoint else os.path.abspath(checkpoint),
+        "decoding": dict(decoding),
+        "lengths": dict(lengths),
+        "num_examples": num_examples,
+    }
+
+
 def result_paths(directory: str, task: str, split: str, step: int) -> tuple[str, str]:
     """(predictions JSONL, metrics JSON) of one task on one split at one step."""
     stem = os.path.join(directory, f"{task}_{split}_{step}")

@@ -9,7 +9,8 @@ BATCH_SIZE, ALPHA, CHECKPOINT_PERIOD, EVAL_PERIOD, INITIAL_CHECKPOINT_PATH, and 
 distillation from a teacher TEACHER_CHECKPOINT_PATH (online) or TEACHER_TOPK_DIR
 (offline), KD_WEIGHT, KD_TEMPERATURE, HIDDEN_WEIGHT).
 Running the same command again resumes from the newest checkpoint in MODEL_DIR (the
-teacher, never part of it, is loaded again); SIGTERM saves one and exits 0. Outputs in
+teacher, never part of it, is loaded again); SIGTERM saves one and exits 75
+(`PREEMPTED_EXIT`: not finished, run the same command again). Outputs in
 MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under `train/` and
 `validation/`, `run.json` (what was trained, for `dsbs-report`), and the final evaluation's
 `eval/{task}_{split}_{step}.jsonl` and `.metrics.json` (as `dsbs-eval` writes). With
@@ -18,10 +19,10 @@ MODEL_DIR: `config.gin`, `checkpoints/`, TensorBoard events under `train/` and
 """
 
 import dataclasses
+import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,10 +30,12 @@ from collections.abc import Iterator, Mapping, Sequence
 import jax
 import numpy as np
 import seqio
+from etils import epath
 
 import gin
 from dsbs_jax import checkpoints, console, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
+from dsbs_jax.cli import PREEMPTED_EXIT, OnSigterm
 from dsbs_jax.data import packing
 from dsbs_jax.data.pairing import (
     EXAMPLE_HASH,
@@ -508,22 +511,14 @@ class Validation:
 # -------------------------------------------------------------------------------------------
 
 
-class _Preemption:
+class _Preemption(OnSigterm):
     """While active, a SIGTERM only sets a flag: the loop saves and stops at the end of the
     step, and a run stopped before its loop or after it exits as it would have."""
 
     def __init__(self):
         self.requested = False
 
-    def __enter__(self) -> "_Preemption":
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
-
-    def _handle(self, signum, frame):
-        del signum, frame
+    def on_sigterm(self) -> None:
         self.requested = True
 
     def reached(self, step: int, period: int) -> bool:
@@ -540,6 +535,40 @@ class _Preemption:
 # -------------------------------------------------------------------------------------------
 # The run
 # -------------------------------------------------------------------------------------------
+
+
+# What a resumed run must share with the run that saved its checkpoints (`run.json`'s keys):
+# resuming with another of these would give a run that neither setting describes.
+RESUME_KEYS = (
+    "mode",
+    "label_task",
+    "rationale_task",
+    "train_fraction",
+    "seed",
+    "alpha",
+    "train_steps",
+    "batch_size",
+    "task_feature_lengths",
+    "teacher",
+)
+
+
+def _check_same_run(model_dir: str, run: dict, step: int, changes: Sequence[str]) -> None:
+    """Refuse to resume checkpoints that a run with other settings saved, but for the
+    settings named in `changes`."""
+    path = epath.Path(model_dir) / results.RUN_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    changed = [key for key in RESUME_KEYS if key in saved and saved[key] != run[key]]
+    differences = [f"{key} {saved[key]!r} there, {run[key]!r} now" for key in changed]
+    if set(changed) - set(changes):
+        raise ConfigError(
+            f"{model_dir} holds a run at step {step} with other settings "
+            f"({'; '.join(differences)}): resume it with its own, bind "
+            f"train.resume_changes={changed} to go on with these, or give a new MODEL_DIR "
+            "(INITIAL_CHECKPOINT_PATH can start it from that run's weights)"
+        )
 
 
 def _initial_state(
@@ -615,6 +644,7 @@ def train(
     hidden_layers: Sequence[Sequence[str]] = (("decoder:-1", "decoder:-1"),),
     hidden_kind: str = "mse",
     read_metrics_late: bool | None = None,
+    resume_changes: Sequence[str] = (),
     wandb_project: str | None = None,
     wandb_entity: str | None = None,
 ) -> TrainResult:
@@ -638,6 +668,10 @@ def train(
     on accelerators, where the host's work is then free; not on CPUs, where the host and
     XLA compete for the same cores: 9% slower there, `bench/dispatch.py`).
 
+    A run resumed from MODEL_DIR must have the settings of the run that saved it
+    (`RESUME_KEYS` of its `run.json`); `resume_changes` names those changed on purpose (to
+    train on past the first `train_steps`: `['train_steps']`).
+
     `wandb_project` (and `wandb_entity`) log the scalars to a Weights & Biases run too, its
     config the operative gin bindings; a run resumed from MODEL_DIR continues the same W&B
     run (`dsbs_jax/writers.py`). The API key comes from the environment only.
@@ -647,6 +681,9 @@ def train(
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
     if unset:
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/train.gin)")
+    unknown = sorted(set(resume_changes) - set(RESUME_KEYS))
+    if unknown:
+        raise ConfigError(f"train.resume_changes {unknown}: expected some of {RESUME_KEYS}")
     periods = {"CHECKPOINT_PERIOD": checkpoint_period, "EVAL_PERIOD": eval_period}
     periods |= {"train.log_period": log_period, "train.num_microbatches": num_microbatches}
     if any(value < 1 for value in periods.values()):
@@ -759,6 +796,7 @@ def train(
             alpha=alpha,
             train_steps=train_steps,
             batch_size=batch_size,
+            task_feature_lengths=dict(task_feature_lengths),
             teacher=None
             if distillation is None
             else {
@@ -774,6 +812,8 @@ def train(
                 "hidden_kind": hidden_kind,
             },
         )
+        if position is not None:
+            _check_same_run(model_dir, run, step, resume_changes)
         if jax.process_index() == 0:
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
             results.write_run(model_dir, run)
@@ -806,7 +846,8 @@ def train(
             finally:
                 saved.close()
         final, predictions = {}, []
-        if not (preempted or preemption.requested):
+        preempted = preempted or preemption.requested  # then the final evaluation waits too
+        if not preempted:
             decode = validation.decoder(state.params)
             name, lengths = sides[losses.LABEL]
             for split in final_eval_splits:
@@ -819,9 +860,13 @@ def train(
                         int(state.step),
                         final[split],
                         rows,
-                        checkpoint=os.path.join(checkpoint_dir, str(int(state.step))),
                         run=run,
-                        decoding={"method": "greedy"},
+                        **results.made_by(
+                            os.path.join(checkpoint_dir, str(int(state.step))),
+                            {"method": "greedy"},
+                            lengths,
+                            eval_examples,
+                        ),
                     )
     step = int(state.step)
     rate = loop.progress.steps_per_second() if loop.progress else None
@@ -963,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if jax.process_index() == 0:
         print(f"dsbs-train: {result.summary()}")
-    return 0
+    return PREEMPTED_EXIT if result.preempted else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python launch/sweep.py GRID.json --root DIR [--only AXIS=VALUE[,VALUE...] ...]
         [--launcher "launch/gpu.sh"] [--parallel N [--log_dir DIR]] [--topology SLICE]
-        [--dry-run] [--report] [--gin.NAME=VALUE ...]
+        [--max_resumes N] [--dry-run] [--report] [--gin.NAME=VALUE ...]
 
 A grid file (gin/runs/paper/grid.json is the paper's) names the gin files every run reads
 and its axes, in order:
@@ -28,7 +28,12 @@ several, each run's output goes to a log file). When the launcher succeeds, the 
 resumes an interrupted sweep (the trainer resumes a run that was cut short) and does not
 submit a queued job twice (`sbatch` succeeds once the job is queued); delete the file to
 launch the run again. A failed run is reported and the others still run (exit 1 at the
-end). `--report` then summarises ROOT with dsbs-report, here, into ROOT/report.
+end). A run that exits 75 (dsbs-train stopped by SIGTERM after saving a checkpoint, as on a
+preempted VM) is not finished: it is launched again at once, which resumes it, at most
+`--max_resumes` times (default 3), and otherwise left unmarked for the next sweep (exit 75
+at the end, when nothing failed). A SIGTERM to the sweep itself starts no more runs, passes
+the SIGTERM on to the running ones, waits for them to save and exits 75: run the same
+command to go on. `--report` then summarises ROOT with dsbs-report, here, into ROOT/report.
 """
 
 import argparse
@@ -41,6 +46,7 @@ import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +56,7 @@ from collections.abc import Sequence
 from etils import epath
 
 from dsbs_jax import hardware, meshes
+from dsbs_jax.cli import PREEMPTED_EXIT, OnSigterm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin"
@@ -214,12 +221,55 @@ def mark_launched(model_dir: epath.Path, argv: list[str]) -> None:
     (model_dir / LAUNCHED).write_text(json.dumps({"command": argv, "launched": when}) + "\n")
 
 
+class _Processes(OnSigterm):
+    """The runs' processes, and the sweep's own SIGTERM: after it no process starts, and
+    those running get a SIGTERM each (dsbs-train saves a checkpoint and exits 75)."""
+
+    def __init__(self):
+        self.running: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def on_sigterm(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for process in self.running:
+                process.send_signal(signal.SIGTERM)
+
+    def run(self, argv: list[str], output) -> int | None:
+        """`argv`'s exit status; None when the sweep is stopping and it did not start."""
+        with self.lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(argv, cwd=ROOT, stdout=output, stderr=output)
+            self.running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.running.discard(process)
+
+
+@dataclasses.dataclass
+class Outcomes:
+    """The runs launched that did not finish, by name."""
+
+    failed: list[str] = dataclasses.field(default_factory=list)
+    preempted: list[str] = dataclasses.field(default_factory=list)  # resume them
+    stopped: bool = False  # the sweep itself got SIGTERM
+
+
 def run_all(
-    commands: list[tuple[Run, list[str]]], root: str, parallel: int, log_dir: pathlib.Path
-) -> list[str]:
-    """Launch the runs not launched before, `parallel` at a time; the names of those that
-    failed. One at a time, a run prints to the console; several at a time, each writes
-    `log_dir/NAME.log` and the console gets a line as each starts and ends."""
+    commands: list[tuple[Run, list[str]]],
+    root: str,
+    parallel: int,
+    log_dir: pathlib.Path,
+    max_resumes: int = 3,
+) -> Outcomes:
+    """Launch the runs not launched before, `parallel` at a time, each preempted one again at
+    once (at most `max_resumes` times). One at a time, a run prints to the console; several
+    at a time, each appends to `log_dir/NAME.log` and the console gets a line as each starts
+    and ends."""
     total, todo = len(commands), []
     for index, (run, argv) in enumerate(commands, 1):
         if launched(epath.Path(root) / run.name):
@@ -227,33 +277,50 @@ def run_all(
         else:
             todo.append((index, run, argv))
     done, started, lock = 0, time.monotonic(), threading.Lock()
+    outcomes = Outcomes()
 
-    def launch(index: int, run: Run, argv: list[str]) -> bool:
-        nonlocal done
-        print(f"[{index}/{total}] {run.name}", flush=True)
+    def attempt(run: Run, argv: list[str], processes: _Processes) -> int | None:
         if parallel == 1:
-            status = subprocess.run(argv, cwd=ROOT).returncode
-        else:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_dir / f"{run.name}.log", "w") as output:
-                status = subprocess.run(argv, cwd=ROOT, stdout=output, stderr=output).returncode
+            return processes.run(argv, None)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{run.name}.log", "a") as output:
+            return processes.run(argv, output)
+
+    def launch(index: int, run: Run, argv: list[str], processes: _Processes) -> None:
+        nonlocal done
+        for resumes in range(max_resumes + 1):
+            again = f" (resuming, {resumes} of {max_resumes})" if resumes else ""
+            if processes.stopping:
+                return
+            print(f"[{index}/{total}] {run.name}{again}", flush=True)
+            status = attempt(run, argv, processes)
+            if status != PREEMPTED_EXIT or processes.stopping:
+                break
+        if status is None:  # the sweep stopped before this run started
+            return
         if status == 0:
             mark_launched(epath.Path(root) / run.name, argv)
+            outcome = "finished"
+        elif status == PREEMPTED_EXIT:
+            outcomes.preempted.append(run.name)
+            outcome = f"preempted (exit {status}), not finished"
+        else:
+            outcomes.failed.append(run.name)
+            outcome = f"FAILED (exit {status})"
         with lock:
             done += 1
             # Wall time per finished run already reflects the runs going on side by side.
             eta = (time.monotonic() - started) / done * (len(todo) - done) / 60
-            outcome = "finished" if status == 0 else f"FAILED (exit {status})"
             print(
                 f"[{index}/{total}] {run.name} {outcome}; {done}/{len(todo)} done, "
                 f"ETA {eta:.0f} min",
                 flush=True,
             )
-        return status == 0
 
-    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        succeeded = list(pool.map(lambda job: launch(*job), todo))
-    return [run.name for (_, run, _), ok in zip(todo, succeeded, strict=True) if not ok]
+    with _Processes() as processes, concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda job: launch(*job, processes), todo))
+        outcomes.stopped = processes.stopping
+    return outcomes
 
 
 def absolute_root(root: str) -> str:
@@ -272,6 +339,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report", action="store_true", help="then dsbs-report into ROOT/report")
     parser.add_argument("--topology", help="a TPU slice (v4-32): each run gets dsbs-fit's mesh")
+    parser.add_argument(
+        "--max_resumes", type=int, default=3, help="launches again of a preempted run (exit 75)"
+    )
     bindings = [a.removeprefix("--gin.") for a in argv if a.startswith("--gin.")]
     return parser.parse_args([a for a in argv if not a.startswith("--gin.")]), bindings
 
@@ -284,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = expand(args.grid, grid, args.only)
         if args.parallel < 1:
             raise GridError(f"--parallel {args.parallel}: expected 1 or more runs at a time")
+        if args.max_resumes < 0:
+            raise GridError(f"--max_resumes {args.max_resumes}: expected 0 or more")
         if args.log_dir is None and "://" in root and args.parallel > 1:
             raise GridError(f"--root {root} is not local: give --log_dir for the run logs")
         if args.topology and hardware.tpu_slice(args.topology) is None:
@@ -303,13 +375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"sweep: {len(commands)} runs of {args.grid} into {root}", flush=True)
     log_dir = pathlib.Path(args.log_dir or os.path.join(root, "logs"))
-    failed = run_all(commands, root, args.parallel, log_dir)
+    outcomes = run_all(commands, root, args.parallel, log_dir, args.max_resumes)
+    if outcomes.stopped:
+        print("sweep: stopped by SIGTERM: run the same command to go on", file=sys.stderr)
+        return PREEMPTED_EXIT
+    failed = outcomes.failed
     if args.report:
         report = [sys.executable, "-m", "dsbs_jax.report", root, "--output_dir", f"{root}/report"]
         failed += [] if subprocess.run(report, cwd=ROOT).returncode == 0 else ["dsbs-report"]
+    if outcomes.preempted:
+        names = ", ".join(outcomes.preempted)
+        print(f"sweep: {len(outcomes.preempted)} preempted, to resume: {names}", file=sys.stderr)
     if failed:
         print(f"sweep: {len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed else PREEMPTED_EXIT if outcomes.preempted else 0
 
 
 if __name__ == "__main__":

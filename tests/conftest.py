@@ -2,14 +2,35 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Must precede the first jax import: gives sharding tests a 4-device CPU mesh. The tests
 # run on CPU devices: with libtpu installed (the test extra has it, for `dsbs-fit`'s
 # ahead-of-time TPU compiles) JAX would first probe for a TPU, in every subprocess too.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the run, its workers and their subprocesses: the binaries'
+# end-to-end runs compile the same tiny model's steps again and again. The process that
+# makes the folder removes it; set JAX_COMPILATION_CACHE_DIR to keep one across runs.
+XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dsbs-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 import pytest  # noqa: E402
+
+# Test modules that take longest, longest first: the two workers start them first, so that
+# no long module is left running alone at the end. The rest follow in file order.
+SLOWEST_MODULES = (
+    "test_readme.py",
+    "test_train.py",
+    "test_kd_train.py",
+    "test_kd_offline.py",
+    "test_kd_trainer.py",
+    "test_packing.py",
+    "test_eval.py",
+)
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 T5X_FIXTURE = SHARED / "fixtures" / "t5x" / "test_t5_tiny.checkpoint_0"
@@ -59,3 +80,16 @@ def registered_tasks(tfds_data_dir, small_vocabulary) -> list[str]:
     import tasks
 
     return tasks.register(data_dir=str(tfds_data_dir), vocabulary_path=small_vocabulary)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_MODULES.index(name) if name in SLOWEST_MODULES else len(SLOWEST_MODULES)
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if XLA_CACHE:
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)

@@ -103,35 +103,38 @@ def test_every_example_once_in_order_despite_faults(problems, tmp_path, endpoint
     assert summary["teacher_accuracy"] == 0.85
 
 
-def run_until_killed(argv: list[str], annotations: pathlib.Path, rows: int) -> int:
-    """Run dsbs-annotate in a subprocess and SIGKILL it once `annotations` has `rows` lines;
-    returns the lines it had then."""
+def run_until_killed(argv: list[str], server: FakeOpenAI, requests: int) -> None:
+    """Run dsbs-annotate in a subprocess and SIGKILL it once `server` has received `requests`
+    requests."""
     command = [sys.executable, "-m", "dsbs_jax.annotate", *argv]
     process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         while process.poll() is None:
-            if annotations.exists() and annotations.read_bytes().count(b"\n") >= rows:
+            if len(server.received) >= requests:
                 process.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it was killed"
-    return annotations.read_bytes().count(b"\n")
 
 
-def test_a_killed_run_resumed_equals_an_uninterrupted_one(problems, tmp_path, capsys):
+def test_a_killed_run_loses_only_its_requests_in_flight_and_resumes_exactly(
+    problems, tmp_path, capsys
+):
     input_path = synthetic_input(tmp_path, problems)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     with FakeOpenAI(responses(problems), latency=0.03) as server:
         argv = flags(server, input_path, resumed, "--concurrency=2")
         annotations = resumed / annotate.annotations_file("test")
-        written = run_until_killed(argv, annotations, rows=40)
-        assert 40 <= written < 200
+        run_until_killed(argv, server, requests=45)
+        assert 40 <= annotations.read_bytes().count(b"\n") < 200
         with annotations.open("ab") as stream:  # as if the kill had cut a write in half
             stream.write(b'{"id": "synthetic-test-00199", "fingerprint": "')
         assert annotate.main(argv) == 0
         assert "dropped the partial last line" in capsys.readouterr().err
+        # Every answer received was kept but those of the 2 requests in flight at the kill.
+        assert 200 <= sum(server.attempts.values()) <= 200 + 2
         assert annotate.main(flags(server, input_path, whole, "--concurrency=2")) == 0
     for name in (
         "annotations_test.jsonl",

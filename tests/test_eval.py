@@ -128,6 +128,32 @@ def test_a_second_run_keeps_what_is_done(trained, evaluated, tfds_data_dir, caps
 
 
 @pytest.mark.slow
+def test_results_made_otherwise_are_refused_before_any_work_or_redone(
+    trained, evaluated, tfds_data_dir, tmp_path, capsys
+):
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.json*")}
+    other = trained["standard"] / "checkpoints" / "30"
+    assert _eval(other, out, tfds_data_dir) == 2
+    error = capsys.readouterr().err
+    assert f"{LABEL}_validation_30.metrics.json holds a result made otherwise (checkpoint " in error
+    assert f"there, '{other}' now): give another EVAL_OUTPUT_DIR, or bind" in error
+    beam = ["--gin.evaluate.method='beam'", "--gin.evaluate.num_beams=2"]
+    assert _eval(trained["dsbs"], out, tfds_data_dir, *beam) == 2
+    assert "(decoding {'method': 'greedy'} there, {'method': 'beam'," in capsys.readouterr().err
+    assert _eval(trained["dsbs"], out, tfds_data_dir, "--gin.evaluate.num_examples=8") == 2
+    assert "(num_examples 16 there, 8 now)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.glob("*.json*")} == before  # nothing touched
+
+    assert _eval(other, out, tfds_data_dir, "--gin.evaluate.overwrite=True") == 0
+    redone = _metrics(out, LABEL, "validation", 30)
+    assert redone["checkpoint"] == str(other) and redone["run"]["method"] == "standard-llm"
+    assert _eval(other, out, tfds_data_dir) == 0  # its own result now: kept
+    assert "already evaluated (kept): 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_is_named_and_the_others_still_run(
     trained, evaluated, tmp_path, tfds_data_dir, capsys
 ):

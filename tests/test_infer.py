@@ -143,6 +143,8 @@ def test_resume_after_a_killed_run_equals_an_uninterrupted_one(
     assert infer.main(argv(student, small_vocabulary, inputs, whole, "--output", "both")) == 0
     lines = whole.read_bytes().splitlines(keepends=True)
     resumed.write_bytes(b"".join(lines[:kept_lines]) + lines[kept_lines][:20])
+    settings = (tmp_path / "whole.jsonl.settings.json").read_text()
+    (tmp_path / "resumed.jsonl.settings.json").write_text(settings)  # a killed run left both
     capsys.readouterr()
 
     assert infer.main(argv(student, small_vocabulary, inputs, resumed, "--output", "both")) == 0
@@ -152,6 +154,28 @@ def test_resume_after_a_killed_run_equals_an_uninterrupted_one(
     assert infer.main(argv(student, small_vocabulary, inputs, resumed, "--output", "both")) == 0
     assert resumed.read_bytes() == whole.read_bytes()
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_rows_made_otherwise_are_never_added_to(student, small_vocabulary, tmp_path, capsys):
+    inputs = write_inputs(tmp_path / "in.jsonl", good_lines())
+    output = tmp_path / "out.jsonl"
+    assert infer.main(argv(student, small_vocabulary, inputs, output)) == 0
+    settings = json.loads((tmp_path / "out.jsonl.settings.json").read_text())
+    assert settings["output"] == "label" and settings["checkpoint"] == student[0]
+    before = output.read_bytes()
+    capsys.readouterr()
+    for change, difference in [
+        (("--output", "both"), "output 'label' there, 'both' now"),
+        (("--method", "beam"), "method 'greedy' there, 'beam' now; num_beams None there, 4 now"),
+        (("--max_input_length", "16"), f"max_input_length {MAX_INPUT} there, 16 now"),
+    ]:
+        assert infer.main(argv(student, small_vocabulary, inputs, output, *change)) == 2
+        error = capsys.readouterr().err
+        assert f"{output} holds 10 rows made otherwise ({difference}): give another" in error
+        assert output.read_bytes() == before
+    (tmp_path / "out.jsonl.settings.json").unlink()
+    assert infer.main(argv(student, small_vocabulary, inputs, output)) == 2
+    assert "has 10 rows but no out.jsonl.settings.json" in capsys.readouterr().err
 
 
 def test_bad_lines_are_named_and_skipped(student, small_vocabulary, tmp_path, capsys):
@@ -189,6 +213,28 @@ def test_missing_files_exit_2_naming_the_path(student, small_vocabulary, tmp_pat
     assert infer.main(uneven) == 2
     assert "must be a multiple of the mesh's data axis" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_long_inputs_are_counted_then_cut_or_refused(
+    student, small_vocabulary, vocabulary, tmp_path, capsys
+):
+    long_text = " ".join(TEXTS)
+    tokens = len(vocabulary.encode(LABEL_PREFIX + long_text)) + 1  # with EOS
+    assert tokens > MAX_INPUT
+    lines = [json.dumps({"id": "long", "input": long_text}), json.dumps({"id": 7, "input": "Hi."})]
+    input_path = write_inputs(tmp_path / "inputs.jsonl", lines)
+    refused = tmp_path / "refused.jsonl"
+    flags = argv(student, small_vocabulary, input_path, refused, "--long_inputs", "refuse")
+    assert infer.main(flags) == 2
+    message = f"1 of 2 inputs are longer than --max_input_length {MAX_INPUT} tokens"
+    error = capsys.readouterr().err
+    assert f"{message} with the prefix and EOS: 'long' ({tokens} tokens)" in error
+    assert "raise --max_input_length (nothing was decoded)" in error
+    assert not refused.exists()
+    cut = tmp_path / "cut.jsonl"
+    assert infer.main(argv(student, small_vocabulary, input_path, cut)) == 0
+    assert "their ends are cut off (--long_inputs refuse stops instead)" in capsys.readouterr().err
+    assert [row["id"] for row in read_rows(cut)] == ["long", 7]
 
 
 def test_import_needs_no_tensorflow():

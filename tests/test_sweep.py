@@ -4,8 +4,10 @@ import csv
 import importlib.util
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -281,6 +283,72 @@ def test_launched_runs_are_recorded_and_skipped_the_next_time(tmp_path):
     again = launch_with("true", tmp_path, "--only=method=dsbs-gt")
     assert again.stdout.count("launched before, skipped") == 3
     assert again.stdout.count("finished;") == 1 and marker.exists()
+
+
+ONE_RUN = ("--only=method=dsbs-gt", "--only=TRAIN_FRACTION=0.5")
+
+
+def preempted_twice(tmp_path) -> str:
+    """A launcher that exits as a preempted dsbs-train (75) on its first two launches."""
+    script = tmp_path / "launcher.sh"
+    script.write_text(
+        f"n=$(( $(cat {tmp_path}/launches 2>/dev/null || echo 0) + 1 ))\n"
+        f"echo $n > {tmp_path}/launches\n"
+        "((n > 2)) || exit 75\n"
+    )
+    return f"bash {script}"
+
+
+def test_a_preempted_run_is_launched_again_and_finishes(tmp_path):
+    result = launch_with(preempted_twice(tmp_path), tmp_path / "runs", *ONE_RUN)
+    assert result.returncode == 0, result.stderr
+    assert "(resuming, 1 of 3)" in result.stdout and "(resuming, 2 of 3)" in result.stdout
+    assert "finished; 1/1 done" in result.stdout
+    assert (tmp_path / "launches").read_text() == "3\n"
+    assert len(list(tmp_path.glob(f"runs/*/{sweep.LAUNCHED}"))) == 1
+
+
+def test_a_run_still_preempted_is_left_for_the_next_sweep(tmp_path):
+    launcher = preempted_twice(tmp_path)
+    first = launch_with(launcher, tmp_path / "runs", *ONE_RUN, "--max_resumes=1")
+    assert first.returncode == sweep.PREEMPTED_EXIT == 75, first.stderr
+    name = "seed=0,dataset=synthetic,method=dsbs-gt,train_fraction=0.5"
+    assert f"sweep: 1 preempted, to resume: {name}" in first.stderr
+    assert "preempted (exit 75), not finished" in first.stdout
+    assert not list(tmp_path.glob(f"runs/*/{sweep.LAUNCHED}"))
+    second = launch_with(launcher, tmp_path / "runs", *ONE_RUN, "--max_resumes=1")
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "runs" / name / sweep.LAUNCHED).exists()
+
+
+def test_sigterm_to_the_sweep_reaches_its_runs_and_starts_no_more(tmp_path):
+    script = tmp_path / "launcher.sh"
+    script.write_text(
+        f"trap 'kill $!; echo stopped >> {tmp_path}/stopped; exit 75' TERM\n"
+        f"echo started >> {tmp_path}/started\n"
+        "sleep 120 &\nwait\n"
+    )
+    root = tmp_path / "runs"
+    argv = [str(SYNTHETIC_GRID), "--root", str(root), "--only=SEED=0", "--parallel=2"]
+    process = subprocess.Popen(
+        [sys.executable, str(SWEEP), *argv, "--launcher", f"bash {script}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = tmp_path / "started"
+    deadline = time.monotonic() + 120
+    while not (started.exists() and len(started.read_text().split()) == 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == sweep.PREEMPTED_EXIT, stderr
+    assert "stopped by SIGTERM: run the same command to go on" in stderr
+    assert (tmp_path / "stopped").read_text().split() == ["stopped", "stopped"]
+    assert started.read_text().split() == ["started", "started"]  # no third run started
+    assert stdout.count("preempted (exit 75), not finished") == 2, stdout
+    assert not list(root.glob(f"*/{sweep.LAUNCHED}"))
 
 
 def test_shell_lines_split_back_into_the_same_words():

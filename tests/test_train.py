@@ -2,6 +2,7 @@
 configuration errors and the guard against non-finite losses."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -66,6 +67,28 @@ def test_a_run_killed_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path
 
 
 @pytest.mark.slow
+def test_resuming_with_other_settings_is_refused_before_any_step(
+    uninterrupted, tmp_path, tfds_data_dir
+):
+    model_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, model_dir)
+    before = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+    changed = ["--gin.TRAIN_STEPS=80", "--gin.TRAIN_FRACTION=0.5"]
+    flags = runs.flags(model_dir, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=10", *changed)
+    result = subprocess.run(
+        runs.command(flags), cwd=runs.ROOT, env=runs.environment(), capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        f"configuration error: {model_dir} holds a run at step {STEPS} with other settings "
+        f"(train_fraction 1.0 there, 0.5 now; train_steps {STEPS} there, 80 now): resume it "
+        "with its own, bind train.resume_changes=['train_fraction', 'train_steps'] to go on "
+        "with these, or give a new MODEL_DIR"
+    ) in result.stderr
+    assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
 def test_reading_metrics_a_step_late_changes_nothing(uninterrupted, tmp_path, tfds_data_dir):
     # The accelerators' default, run here on CPU, where the default reads them at once.
     late = ["--gin.CHECKPOINT_PERIOD=10", "--gin.train.read_metrics_late=True"]
@@ -90,7 +113,7 @@ def test_packed_steps_hold_the_batch_size_on_average_and_record_their_examples(u
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds_data_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_as_preempted(uninterrupted, tmp_path, tfds_data_dir):
     flags = runs.flags(tmp_path, tfds_data_dir, STEPS, "--gin.CHECKPOINT_PERIOD=1000")
     process = subprocess.Popen(
         runs.command(flags),
@@ -104,7 +127,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(uninterrupted, tmp_path, tfds
     _wait_for_checkpoint(process, train_dir)  # training has started
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate()
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == train.PREEMPTED_EXIT == 75, stderr[-3000:]
     assert "(SIGTERM)" in stdout
     saved = checkpoints.detect_format(tmp_path / "checkpoints")
     assert saved == "orbax"
@@ -179,7 +202,7 @@ def test_a_run_resumes_on_another_mesh(four_devices, tmp_path, tfds_data_dir):
     runs.run(runs.flags(tmp_path, tfds_data_dir, 2, *MESH_FLAGS, *saved_on), devices=4)
     steps = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps == ["2"]
-    resumed_on = ["--gin.train.fsdp_parallelism=4"]
+    resumed_on = ["--gin.train.fsdp_parallelism=4", "--gin.train.resume_changes=['train_steps']"]
     runs.run(runs.flags(tmp_path, tfds_data_dir, MESH_STEPS, *MESH_FLAGS, *resumed_on), devices=4)
     _assert_same_run(tmp_path, four_devices)
 

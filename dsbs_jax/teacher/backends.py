@@ -7,10 +7,18 @@ wrote them, so that a resumed run knows whether earlier rows are its own. A back
 offer `stats() -> dict` (its request counters), which the manifest then records.
 """
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, Protocol
 
+from dsbs_jax.teacher.confidence import Tokens
 from dsbs_jax.teacher.prompts import Prompt
+
+
+class Answer(NamedTuple):
+    """One output's text and, when asked for and given, its tokens' log-probabilities."""
+
+    text: str
+    tokens: Tokens | None
 
 
 class TeacherError(Exception):
@@ -29,3 +37,8 @@ class Teacher(Protocol):
 
     def generate(self, inputs: Sequence[str], samples: int) -> list[list[str | None]]:
         """Per input, `samples` raw outputs; None for a request that failed after retries."""
+
+    def stream(self, inputs: Sequence[str], samples: int) -> Iterator[tuple[int, list]]:
+        """(index, its `samples` `Answer`s or None) for each input as soon as all of them are
+        in, in any order: a caller that writes each down loses at most the requests in flight
+        when it is killed."""

@@ -36,12 +36,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from urllib.parse import urljoin
 
-from dsbs_jax.teacher.backends import TeacherError
+from dsbs_jax.teacher.backends import Answer, TeacherError
 from dsbs_jax.teacher.confidence import Tokens
 from dsbs_jax.teacher.prompts import Prompt
 
@@ -52,13 +51,6 @@ SERVER_MESSAGE_CHARS = 300
 SERVER_BODY_BYTES = 65536  # a longer error body is not quoted
 
 log = logging.getLogger(__name__)
-
-
-class Answer(NamedTuple):
-    """One output's text and, when asked for and given, its tokens' log-probabilities."""
-
-    text: str
-    tokens: Tokens | None
 
 
 class _Failure(Exception):
@@ -194,12 +186,41 @@ class OpenAITeacher:
 
     def answers(self, inputs: Sequence[str], samples: int) -> list[list[Answer | None]]:
         """As `generate`, with each output's token log-probabilities (when asked for)."""
-        texts = [text for text in inputs for _ in range(samples)]
+        answers: list[list[Answer | None]] = [[] for _ in inputs]
+        for index, outputs in self.stream(inputs, samples):
+            answers[index] = outputs
+        return answers
+
+    def stream(
+        self, inputs: Sequence[str], samples: int
+    ) -> Iterator[tuple[int, list[Answer | None]]]:
+        """Each input's index and `samples` answers (None: failed) as soon as all are in. The
+        requests go out in input order, `concurrency` in flight, so that few inputs wait on
+        a part of their samples. Raises `TeacherError` at the end when the server refused
+        the key, URL or model (what was answered before was yielded)."""
+        requests = ((index, sample) for index in range(len(inputs)) for sample in range(samples))
+        answers: dict[int, list[Answer | None]] = {}
+        missing: dict[int, int] = {}
         with ThreadPoolExecutor(self.concurrency) as pool:
-            outputs = list(pool.map(self._sample, texts, list(range(samples)) * len(inputs)))
+            flight: dict[Future, tuple[int, int]] = {}
+            while True:
+                for index, sample in requests:
+                    future = pool.submit(self._sample, inputs[index], sample)
+                    flight[future] = index, sample
+                    if len(flight) == self.concurrency:
+                        break
+                if not flight:
+                    break
+                done, _ = wait(flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index, sample = flight.pop(future)
+                    answers.setdefault(index, [None] * samples)[sample] = future.result()
+                    missing[index] = missing.get(index, samples) - 1
+                    if not missing[index]:
+                        del missing[index]
+                        yield index, answers.pop(index)
         if self._fatal:
             raise TeacherError(self._fatal)
-        return [outputs[i : i + samples] for i in range(0, len(outputs), samples)]
 
     # -----------------------------------------------------------------------------------------
 

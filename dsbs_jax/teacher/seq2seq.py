@@ -14,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 
 from dsbs_jax import inference, partitioning
+from dsbs_jax.teacher.backends import Answer
 from dsbs_jax.teacher.prompts import Prompt
 from dsbs_jax.tokenizer import Tokenizer, pack
 
@@ -105,6 +106,14 @@ class Seq2SeqTeacher:
                 for output, row in zip(outputs[start : start + len(batch)], ids, strict=True):
                     output.append(self.tokenizer.decode(row))
         return [output * (samples // draws) for output in outputs]
+
+    def stream(self, inputs: Sequence[str], samples: int) -> Iterator[tuple[int, list[Answer]]]:
+        """`generate` one batch at a time, each input's index and answers as its batch ends:
+        the batches, and so the sampling keys, are `generate`'s."""
+        for start in range(0, len(inputs), self.batch_size):
+            outputs = self.generate(inputs[start : start + self.batch_size], samples)
+            for offset, texts in enumerate(outputs):
+                yield start + offset, [Answer(text, None) for text in texts]
 
     def _encode(self, inputs: Sequence[str]) -> np.ndarray:
         """The few-shot prompts' tokens, each with as many first exemplars as fit in
