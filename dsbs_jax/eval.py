@@ -187,10 +187,10 @@ class _Job:
                     complete = False
                     continue
                 saved = json.loads(path.read_text())
-                differences = [
-                    f"{key} {saved.get(key)!r} there, {value!r} now"
+                differences = [  # a key an older result does not record is no difference
+                    f"{key} {saved[key]!r} there, {value!r} now"
                     for key, value in made_by.items()
-                    if saved.get(key) != value
+                    if key in saved and saved[key] != value
                 ]
                 if differences and not self.overwrite:
                     raise StaleResult(

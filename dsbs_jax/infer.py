@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import IO
@@ -35,7 +34,17 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dsbs_jax import checkpoints, cli, console, files, inference, jsonl, partitioning, progress
+from dsbs_jax import (
+    checkpoints,
+    cli,
+    console,
+    files,
+    inference,
+    jsonl,
+    partitioning,
+    progress,
+    results,
+)
 from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
 from dsbs_jax.tokenizer import Tokenizer, VocabularyError
 
@@ -81,13 +90,10 @@ def read_inputs(path: str, input_field: str, id_field: str) -> tuple[list[Exampl
 def made_by(args: argparse.Namespace) -> dict:
     """What an output file's rows depend on: rows made otherwise are not this run's."""
 
-    def resolved(path: str) -> str:
-        return path if "://" in path else os.path.abspath(path)
-
     names = ("output", "max_input_length", "label_length", "rationale_length", "method")
     return {
-        "checkpoint": resolved(args.checkpoint),
-        "vocabulary": resolved(args.vocabulary),
+        "checkpoint": results.absolute(args.checkpoint),
+        "vocabulary": results.absolute(args.vocabulary),
         **{name: getattr(args, name) for name in names},
         **({"num_beams": args.num_beams} if args.method == "beam" else {}),
     }
@@ -98,12 +104,12 @@ def settings_file(output_file: str) -> epath.Path:
 
 
 def check_made_by(output_file: str, settings: dict, rows: int) -> None:
-    """Refuse to add to rows that another run's settings made; record these for a new file."""
+    """Refuse to add to rows that another run's settings made."""
     path = settings_file(output_file)
     remedy = "give another --output_file, or remove it (and its settings) to predict again"
     if not rows:
-        files.write_atomically(path, json.dumps(settings, indent=2) + "\n")
-    elif not path.exists():
+        return
+    if not path.exists():
         raise cli.UsageError(f"{output_file} has {rows} rows but no {path.name}: {remedy}")
     else:
         saved = json.loads(path.read_text())
@@ -139,22 +145,35 @@ def finished_ids(path: str, settings: dict) -> set[Id]:
 
 
 def pending_examples(examples: list[Example], output_file: str, settings: dict) -> list[Example]:
-    """The examples without a row in the output file, as process 0 sees it."""
-    done = finished_ids(output_file, settings) if jax.process_index() == 0 else set()
+    """The examples without a row in the output file, as process 0 sees it; when process 0
+    refuses the file, every process raises (none is left waiting for the others)."""
+    done, refusal = set(), None
+    if jax.process_index() == 0:
+        try:
+            done = finished_ids(output_file, settings)
+        except cli.UsageError as error:
+            refusal = error
     todo = np.array([example.id not in done for example in examples], np.int32)
     if jax.process_count() > 1:
+        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+        if refused and refusal is None:
+            raise cli.UsageError(f"{output_file}: refused by process 0 (its message says why)")
         todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
+    if refusal is not None:
+        raise refusal
     return [example for example, keep in zip(examples, todo, strict=True) if keep]
 
 
 @contextlib.contextmanager
-def appender(path: str) -> Iterator[IO[bytes] | None]:
-    """The output file opened for appending on process 0; `None` on the others."""
+def appender(path: str, settings: dict) -> Iterator[IO[bytes] | None]:
+    """The output file opened for appending on process 0, its settings written beside it;
+    `None` on the others."""
     if jax.process_index() != 0:
         yield None
         return
     output = epath.Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomically(settings_file(path), json.dumps(settings, indent=2) + "\n")
     with output.open("ab") as stream:
         yield stream
 
@@ -250,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
     examples, problems = read_inputs(args.input, args.input_field, args.id_field)
     if problems and jax.process_index() == 0:
         print("\n".join(problems), file=sys.stderr, flush=True)
-    pending = pending_examples(examples, args.output_file, made_by(args))
+    settings = made_by(args)
+    pending = pending_examples(examples, args.output_file, settings)
     if not pending:
         say(
             f"all {len(examples)} examples of {args.input} are in {args.output_file}: nothing to do"
@@ -264,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     decoders = make_decoders(args, tokenizer)
     done = len(examples) - len(pending)
     counter = progress.Counter(len(examples), initial=done)
-    with appender(args.output_file) as stream:
+    with appender(args.output_file, settings) as stream:
         for start in range(0, len(pending), args.batch_size):
             batch = pending[start : start + args.batch_size]
             rows = predict(batch, tokenizer, decoders, args.batch_size, args.max_input_length)

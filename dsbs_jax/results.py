@@ -72,13 +72,18 @@ def read_run(checkpoint_path: str) -> dict[str, Any] | None:
     return None
 
 
+def absolute(path: str) -> str:
+    """A path as results record it: absolute where it is local, a URL as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def made_by(
     checkpoint: str, decoding: Mapping, lengths: Mapping[str, int], num_examples: int | None
 ) -> dict[str, Any]:
     """What an evaluation's result depends on besides its task, split and step, as results
     record it: a later job tells a result of its own from one made otherwise."""
     return {
-        "checkpoint": checkpoint if "://" in checkpoint else os.path.abspath(checkpoint),
+        "checkpoint": absolute(checkpoint),
         "decoding": dict(decoding),
         "lengths": dict(lengths),
         "num_examples": num_examples,

@@ -513,7 +513,8 @@ class Validation:
 
 class _Preemption(OnSigterm):
     """While active, a SIGTERM only sets a flag: the loop saves and stops at the end of the
-    step, and a run stopped before its loop or after it exits as it would have."""
+    step; after the loop, the final evaluation is skipped (the run is preempted all the same);
+    a run stopped before its loop exits as it would have."""
 
     def __init__(self):
         self.requested = False
@@ -800,8 +801,9 @@ def train(
             teacher=None
             if distillation is None
             else {
-                "checkpoint_path": teacher_checkpoint_path,
-                "topk_dir": teacher_topk_dir,
+                "checkpoint_path": teacher_checkpoint_path
+                and results.absolute(teacher_checkpoint_path),
+                "topk_dir": teacher_topk_dir and results.absolute(teacher_topk_dir),
                 "kd_weight": kd_weight,
                 "kd_temperature": kd_temperature,
                 "kd_direction": kd_direction,
@@ -846,7 +848,8 @@ def train(
             finally:
                 saved.close()
         final, predictions = {}, []
-        preempted = preempted or preemption.requested  # then the final evaluation waits too
+        # A SIGTERM after the last step: the final evaluation waits too, on every host.
+        preempted = preempted or preemption.reached(int(state.step), 1)
         if not preempted:
             decode = validation.decoder(state.params)
             name, lengths = sides[losses.LABEL]

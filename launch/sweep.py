@@ -62,6 +62,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin"
 DEFAULT_LAUNCHER = "launch/local.sh"
 LAUNCHED = "sweep_launched.json"
+# A run's exit status when SIGTERM ended it before dsbs-train could catch it: as Python's
+# subprocess reports it, and as a shell launcher does.
+KILLED_BY_SIGTERM = (-signal.SIGTERM, 128 + signal.SIGTERM)
 # Axis values name directories: `axis=value` joined by commas must read back unambiguously.
 VALUE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
@@ -227,7 +230,7 @@ class _Processes(OnSigterm):
 
     def __init__(self):
         self.running: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # a second SIGTERM may come while the first holds it
         self.stopping = False
 
     def on_sigterm(self) -> None:
@@ -294,6 +297,8 @@ def run_all(
                 return
             print(f"[{index}/{total}] {run.name}{again}", flush=True)
             status = attempt(run, argv, processes)
+            if status in KILLED_BY_SIGTERM:  # before it could save: resumed all the same
+                status = PREEMPTED_EXIT
             if status != PREEMPTED_EXIT or processes.stopping:
                 break
         if status is None:  # the sweep stopped before this run started
@@ -376,18 +381,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sweep: {len(commands)} runs of {args.grid} into {root}", flush=True)
     log_dir = pathlib.Path(args.log_dir or os.path.join(root, "logs"))
     outcomes = run_all(commands, root, args.parallel, log_dir, args.max_resumes)
-    if outcomes.stopped:
-        print("sweep: stopped by SIGTERM: run the same command to go on", file=sys.stderr)
-        return PREEMPTED_EXIT
     failed = outcomes.failed
-    if args.report:
+    if args.report and not outcomes.stopped:
         report = [sys.executable, "-m", "dsbs_jax.report", root, "--output_dir", f"{root}/report"]
         failed += [] if subprocess.run(report, cwd=ROOT).returncode == 0 else ["dsbs-report"]
+    if outcomes.stopped:
+        print("sweep: stopped by SIGTERM: run the same command to go on", file=sys.stderr)
     if outcomes.preempted:
         names = ", ".join(outcomes.preempted)
         print(f"sweep: {len(outcomes.preempted)} preempted, to resume: {names}", file=sys.stderr)
     if failed:
         print(f"sweep: {len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    if outcomes.stopped:
+        return PREEMPTED_EXIT
     return 1 if failed else PREEMPTED_EXIT if outcomes.preempted else 0
 
 

@@ -125,7 +125,8 @@ def test_a_killed_run_loses_only_its_requests_in_flight_and_resumes_exactly(
     input_path = synthetic_input(tmp_path, problems)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     with FakeOpenAI(responses(problems), latency=0.03) as server:
-        argv = flags(server, input_path, resumed, "--concurrency=2")
+        # No timeout on a loaded machine: each request is sent once, unless in flight at the kill.
+        argv = flags(server, input_path, resumed, "--concurrency=2", "--timeout=30")
         annotations = resumed / annotate.annotations_file("test")
         run_until_killed(argv, server, requests=45)
         assert 40 <= annotations.read_bytes().count(b"\n") < 200

@@ -230,7 +230,7 @@ def test_long_inputs_are_counted_then_cut_or_refused(
     error = capsys.readouterr().err
     assert f"{message} with the prefix and EOS: 'long' ({tokens} tokens)" in error
     assert "raise --max_input_length (nothing was decoded)" in error
-    assert not refused.exists()
+    assert not refused.exists() and not (tmp_path / "refused.jsonl.settings.json").exists()
     cut = tmp_path / "cut.jsonl"
     assert infer.main(argv(student, small_vocabulary, input_path, cut)) == 0
     assert "their ends are cut off (--long_inputs refuse stops instead)" in capsys.readouterr().err

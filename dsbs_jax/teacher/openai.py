@@ -201,24 +201,30 @@ class OpenAITeacher:
         requests = ((index, sample) for index in range(len(inputs)) for sample in range(samples))
         answers: dict[int, list[Answer | None]] = {}
         missing: dict[int, int] = {}
+        flight: dict[Future, tuple[int, int]] = {}
         with ThreadPoolExecutor(self.concurrency) as pool:
-            flight: dict[Future, tuple[int, int]] = {}
-            while True:
-                for index, sample in requests:
-                    future = pool.submit(self._sample, inputs[index], sample)
-                    flight[future] = index, sample
-                    if len(flight) == self.concurrency:
+            try:
+                while True:
+                    for index, sample in requests:
+                        if self._halt.is_set():  # the server refused: send nothing more
+                            break
+                        future = pool.submit(self._sample, inputs[index], sample)
+                        flight[future] = index, sample
+                        if len(flight) == self.concurrency:
+                            break
+                    if not flight:
                         break
-                if not flight:
-                    break
-                done, _ = wait(flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index, sample = flight.pop(future)
-                    answers.setdefault(index, [None] * samples)[sample] = future.result()
-                    missing[index] = missing.get(index, samples) - 1
-                    if not missing[index]:
-                        del missing[index]
-                        yield index, answers.pop(index)
+                    done, _ = wait(flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index, sample = flight.pop(future)
+                        answers.setdefault(index, [None] * samples)[sample] = future.result()
+                        missing[index] = missing.get(index, samples) - 1
+                        if not missing[index]:
+                            del missing[index]
+                            yield index, answers.pop(index)
+            finally:
+                if flight:  # the caller stopped early: the requests in flight stop retrying
+                    self._halt.set()
         if self._fatal:
             raise TeacherError(self._fatal)
 
