@@ -187,14 +187,11 @@ class _Job:
                     complete = False
                     continue
                 saved = json.loads(path.read_text())
-                differences = [  # a key an older result does not record is no difference
-                    f"{key} {saved[key]!r} there, {value!r} now"
-                    for key, value in made_by.items()
-                    if key in saved and saved[key] != value
-                ]
+                differences = results.differences(saved, made_by)
                 if differences and not self.overwrite:
                     raise StaleResult(
-                        f"{path} holds a result made otherwise ({'; '.join(differences)}): "
+                        f"{path} holds a result made otherwise "
+                        f"({'; '.join(differences.values())}): "
                         "give another EVAL_OUTPUT_DIR, or bind evaluate.overwrite=True to redo it"
                     )
                 complete = complete and not differences

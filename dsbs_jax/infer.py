@@ -95,7 +95,7 @@ def made_by(args: argparse.Namespace) -> dict:
         "checkpoint": results.absolute(args.checkpoint),
         "vocabulary": results.absolute(args.vocabulary),
         **{name: getattr(args, name) for name in names},
-        **({"num_beams": args.num_beams} if args.method == "beam" else {}),
+        "num_beams": args.num_beams if args.method == "beam" else None,
     }
 
 
@@ -111,18 +111,10 @@ def check_made_by(output_file: str, settings: dict, rows: int) -> None:
         return
     if not path.exists():
         raise cli.UsageError(f"{output_file} has {rows} rows but no {path.name}: {remedy}")
-    else:
-        saved = json.loads(path.read_text())
-        differences = [
-            f"{key} {saved.get(key)!r} there, {value!r} now"
-            for key, value in settings.items()
-            if saved.get(key) != value
-        ]
-        if differences:
-            made = "; ".join(differences)
-            raise cli.UsageError(
-                f"{output_file} holds {rows} rows made otherwise ({made}): {remedy}"
-            )
+    differences = results.differences(json.loads(path.read_text()), settings)
+    if differences:
+        made = "; ".join(differences.values())
+        raise cli.UsageError(f"{output_file} holds {rows} rows made otherwise ({made}): {remedy}")
 
 
 def finished_ids(path: str, settings: dict) -> set[Id]:

@@ -77,6 +77,16 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, str]:
+    """Each setting of `now` that `saved` records otherwise, as `KEY X there, Y now`; one
+    that `saved` lacks (a record from an older version) is no difference."""
+    return {
+        key: f"{key} {saved[key]!r} there, {value!r} now"
+        for key, value in now.items()
+        if key in saved and saved[key] != value
+    }
+
+
 def made_by(
     checkpoint: str, decoding: Mapping, lengths: Mapping[str, int], num_examples: int | None
 ) -> dict[str, Any]:

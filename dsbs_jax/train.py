@@ -561,12 +561,12 @@ def _check_same_run(model_dir: str, run: dict, step: int, changes: Sequence[str]
     if not path.exists():
         return
     saved = json.loads(path.read_text())
-    changed = [key for key in RESUME_KEYS if key in saved and saved[key] != run[key]]
-    differences = [f"{key} {saved[key]!r} there, {run[key]!r} now" for key in changed]
+    differences = results.differences(saved, {key: run[key] for key in RESUME_KEYS})
+    changed = list(differences)
     if set(changed) - set(changes):
         raise ConfigError(
             f"{model_dir} holds a run at step {step} with other settings "
-            f"({'; '.join(differences)}): resume it with its own, bind "
+            f"({'; '.join(differences.values())}): resume it with its own, bind "
             f"train.resume_changes={changed} to go on with these, or give a new MODEL_DIR "
             "(INITIAL_CHECKPOINT_PATH can start it from that run's weights)"
         )
