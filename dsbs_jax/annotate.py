@@ -640,6 +640,7 @@ def logprob_report(
 def run(args: argparse.Namespace) -> int:
     """Annotate every pending example; 1 if some are left or input lines were skipped."""
     start = time.monotonic()
+    files.check_folder(args.output_dir, "--output_dir")
     spec = dataset_spec(args.dataset, args.split) if args.dataset else None
     examples, problems = read_examples(args, spec, args.input, args.split)
     examples = examples[: args.limit]

@@ -9,8 +9,6 @@ directory that `transformers.T5ForConditionalGeneration.from_pretrained` loads.
 import dataclasses
 import json
 import os
-import pathlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +18,8 @@ import numpy as np
 from etils import epath
 from flax import serialization, traverse_util
 
+from dsbs_jax import files
+from dsbs_jax.jsonl import json_type
 from dsbs_jax.models import T5Config
 
 Params = dict[str, Any]
@@ -145,6 +145,8 @@ def hf_parameter_names(config: T5Config) -> Iterator[tuple[ParamPath, str, bool]
 
 
 def config_from_hf(hf: dict[str, Any], source: str) -> T5Config:
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source}: holds {json_type(hf)} (expected a JSON object)")
     if hf.get("feed_forward_proj") not in ("gated-gelu", "gated-gelu_new"):
         raise CheckpointError(
             f"{source}: feed_forward_proj is {hf.get('feed_forward_proj')!r}; only T5.1.1 models "
@@ -169,9 +171,13 @@ def config_from_hf(hf: dict[str, Any], source: str) -> T5Config:
 
 def _read_safetensors(file: epath.Path) -> dict[str, np.ndarray]:
     """Every tensor as float32, one at a time (bfloat16 files included, which numpy lacks)."""
+    import safetensors.flax
     from safetensors import SafetensorError, safe_open
 
     try:
+        if files.is_remote(file):  # safe_open maps local files only
+            tensors = safetensors.flax.load(file.read_bytes())
+            return {name: np.asarray(tensor, np.float32) for name, tensor in tensors.items()}
         with safe_open(str(file), framework="flax") as tensors:
             names = tensors.keys()
             return {name: np.asarray(tensors.get_tensor(name), np.float32) for name in names}
@@ -187,7 +193,8 @@ def _read_torch_bin(file: epath.Path) -> dict[str, np.ndarray]:
             f"{file}: a PyTorch .bin checkpoint needs torch installed; convert it to safetensors"
         ) from None
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+        with file.open("rb") as stream:
+            state = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
         raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({error})") from None
     return {name: tensor.float().numpy() for name, tensor in state.items()}
@@ -278,10 +285,8 @@ def hf_config_dict(config: T5Config) -> dict[str, Any]:
 
 
 def save_hf(path: str | os.PathLike, config: T5Config, params: Params) -> None:
-    """Write a Hugging Face T5 directory (config.json + model.safetensors) on local disk,
-    atomically: a failure leaves any previous directory at `path` as it was."""
-    from safetensors.numpy import save_file
-
+    """Write a Hugging Face T5 directory (config.json + model.safetensors), locally or on
+    `gs://`, whole or not at all: a failure leaves any previous directory at `path` as it was."""
     check_params(config, params, "params")
     flat = traverse_util.flatten_dict(params)
     tensors = {}
@@ -291,21 +296,22 @@ def save_hf(path: str | os.PathLike, config: T5Config, params: Params) -> None:
     tensors["lm_head.weight"] = np.ascontiguousarray(
         np.asarray(flat[("decoder", "logits_dense", "kernel")], np.float32).T
     )
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    backup = target.with_name(f".{target.name}.old")
-    try:
-        save_file(tensors, str(staging / HF_SAFETENSORS), metadata={"format": "pt"})
+    with files.staged_directory(path) as staging:
+        staging.mkdir()
+        _write_safetensors(tensors, staging / HF_SAFETENSORS)
         (staging / HF_CONFIG).write_text(json.dumps(hf_config_dict(config), indent=2))
-        # Swap by renames: an existing checkpoint is kept until the new one is complete.
-        if target.exists():
-            target.rename(backup)
-        staging.rename(target)
-        if backup.exists():
-            shutil.rmtree(backup)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_safetensors(tensors: dict[str, np.ndarray], file: epath.Path) -> None:
+    """safetensors writes local files only: a remote one is written here, then copied."""
+    from safetensors.numpy import save_file
+
+    if not files.is_remote(file):
+        save_file(tensors, str(file), metadata={"format": "pt"})
+        return
+    with tempfile.TemporaryDirectory() as local:
+        save_file(tensors, os.path.join(local, file.name), metadata={"format": "pt"})
+        epath.Path(local, file.name).copy(file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,19 +411,22 @@ def load_t5x(file: epath.Path) -> tuple[T5Config, Params]:
 
 
 def save_orbax(path: str | os.PathLike, config: T5Config, params: Params) -> None:
-    """Write params and config as one Orbax checkpoint (items `params` and `config`)."""
+    """Write params and config as one Orbax checkpoint (items `params` and `config`), whole
+    or not at all: a failure leaves any previous checkpoint at `path` as it was."""
     import orbax.checkpoint as ocp
 
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    with (
+        files.staged_directory(epath.Path(path).absolute()) as staging,
+        ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer,
+    ):
         checkpointer.save(
-            epath.Path(path).absolute(),
+            staging,
             args=ocp.args.Composite(
                 **{
                     ORBAX_PARAMS_ITEM: ocp.args.StandardSave(params),
                     ORBAX_CONFIG_ITEM: ocp.args.JsonSave(dataclasses.asdict(config)),
                 }
             ),
-            force=True,
         )
 
 
@@ -466,6 +475,10 @@ def load_orbax(
             restored = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
     except (ValueError, FileNotFoundError, OSError, TypeError) as error:
         raise CheckpointError(f"{directory}: not a readable Orbax checkpoint ({error})") from None
+    except KeyError as missing:  # a step without one of its items
+        raise CheckpointError(
+            f"{directory}: not a whole Orbax checkpoint (an item is missing: {missing.args[0]})"
+        ) from None
     return config, check_params(config, restored[ORBAX_PARAMS_ITEM], str(directory))
 
 

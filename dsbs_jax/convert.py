@@ -10,7 +10,7 @@ SOURCE is a Hugging Face directory, a T5X legacy checkpoint or an Orbax checkpoi
 import argparse
 import sys
 
-from dsbs_jax import checkpoints, console
+from dsbs_jax import checkpoints, cli, console, files
 
 WRITERS = {"hf": checkpoints.save_hf, "orbax": checkpoints.save_orbax}
 
@@ -23,11 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(parser, argv)
     args = parser.parse_args(argv)
     try:
+        files.check_folder(args.dest, "DEST")
         config, params = checkpoints.load(args.source)
         WRITERS[args.to](args.dest, config, params)
-    except checkpoints.CheckpointError as error:
+    except (checkpoints.CheckpointError, cli.UsageError) as error:
         print(f"dsbs-convert: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {args.to} checkpoint to {args.dest}: {config}")
     return 0
 

@@ -34,7 +34,7 @@ import seqio
 from etils import epath
 
 import gin
-from dsbs_jax import console, gin_utils, inference, losses, partitioning, results
+from dsbs_jax import cli, console, files, gin_utils, inference, losses, partitioning, results
 from dsbs_jax.data import teacher_outputs
 from dsbs_jax.evaluation import TaskEvaluator
 from dsbs_jax.files import write_atomically
@@ -329,6 +329,7 @@ def evaluate(
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
     if unset:
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/eval.gin)")
+    files.check_folder(output_dir, "EVAL_OUTPUT_DIR")
     mode = "dsbs" if rationale_task else "standard"
     sides = task_lengths(mode, task, rationale_task, task_feature_lengths)
     check_splits(task, [split] + ([select_on] if select_on else []))
@@ -383,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setup(parser, argv)
     try:
         result = gin_utils.run_configured(parser, evaluate, argv, _select_on)
-    except ConfigError as error:
+    except cli.UsageError as error:
         print(f"dsbs-eval: configuration error: {error}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:

@@ -1,8 +1,17 @@
 """Writing files so that a reader never sees half of one (local disk or `gs://`)."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from etils import epath
+
+from dsbs_jax.cli import UsageError
+
+
+def is_remote(path: epath.PathLike) -> bool:
+    """A path on an object store (`gs://...`), not on this machine's file system."""
+    return "://" in os.fspath(path)
 
 
 def write_atomically(path: epath.PathLike, data: str | bytes) -> None:
@@ -36,3 +45,55 @@ def complete_lines(path: epath.PathLike) -> tuple[list[bytes], bool]:
         data = data[: data.rfind(b"\n") + 1]
         write_atomically(path, data)
     return data.splitlines(), partial
+
+
+def check_folder(path: epath.PathLike, what: str) -> None:
+    """Refuse, before any work, a folder to write that cannot be made: `path` or a folder
+    above it is a file. (An object store has no such files.)"""
+    path = epath.Path(path)
+    if is_remote(path):
+        return
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f": {folder}"
+                raise UsageError(f"{what} {path}{where} is a file, not a folder")
+            return
+
+
+def swap_in(staging: epath.PathLike, target: epath.PathLike) -> None:
+    """Move the finished folder `staging` to `target`. A folder already at `target` is
+    deleted only once the new one is in its place, and put back if the move fails."""
+    staging, target = epath.Path(staging), epath.Path(target)
+    backup = target.parent / f".{target.name}.{os.getpid()}.old"
+    if backup.exists():
+        backup.rmtree()
+    had_one = target.exists()
+    if had_one:
+        target.rename(backup)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if had_one:
+            backup.rename(target)
+        raise
+    if had_one:
+        backup.rmtree()
+
+
+@contextlib.contextmanager
+def staged_directory(target: epath.PathLike) -> Iterator[epath.Path]:
+    """A path beside `target` to write a folder at (not made: some writers insist on making
+    it themselves); when the block ends without an error it
+    replaces `target` (`swap_in`), and otherwise it is removed, leaving `target` as it was."""
+    target = epath.Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}.new"
+    if staging.exists():
+        staging.rmtree()
+    try:
+        yield staging
+        swap_in(staging, target)
+    finally:
+        if staging.exists():
+            staging.rmtree()

@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence
 import jax
 
 import gin
-from dsbs_jax import aot, checkpoints, console, gin_utils, hardware, losses, partitioning
+from dsbs_jax import aot, checkpoints, cli, console, gin_utils, hardware, losses, partitioning
 from dsbs_jax import train as train_module
 from dsbs_jax.gin_utils import ConfigError
 from dsbs_jax.models import T5Config
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setup(flags, argv)
     try:
         return check(flags, argv)
-    except ConfigError as error:
+    except cli.UsageError as error:
         print(f"{PROG}: {' '.join(str(error).split())}", file=sys.stderr)
         return USAGE
     except Unavailable as error:

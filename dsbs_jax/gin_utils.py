@@ -19,12 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
-from dsbs_jax import gin_paths, partitioning
+from dsbs_jax import cli, gin_paths, partitioning
 
 GIN_DIR = gin_paths.GIN_DIR
 
 
-class ConfigError(ValueError):
+class ConfigError(cli.UsageError, ValueError):
     """A run's configuration cannot work; raised before any work starts."""
 
 
@@ -148,9 +148,15 @@ def run_configured(
     )
     try:
         parse(args.gin_file, bindings + flag_bindings(args), prog=parser.prog)
-    except (ValueError, FileNotFoundError) as error:  # gin reports unknown names this way
+    except (ValueError, OSError) as error:  # gin: unknown names, files it cannot open
         raise ConfigError(str(error)) from None
-    return gin.get_configurable(function)()
+    try:
+        return gin.get_configurable(function)()
+    except cli.UsageError as error:  # without the line gin adds ("In call to configurable")
+        raise ConfigError(str(error).split(_GIN_CALL_NOTE)[0]) from None
+
+
+_GIN_CALL_NOTE = "\n  In call to configurable"
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), prog: str = "") -> None:

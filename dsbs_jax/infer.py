@@ -258,6 +258,7 @@ def make_decoders(
 
 def run(args: argparse.Namespace) -> int:
     """Predict every pending example; 1 if input lines were skipped, else 0."""
+    files.check_folder(epath.Path(args.output_file).parent, "--output_file's folder")
     examples, problems = read_inputs(args.input, args.input_field, args.id_field)
     if problems and jax.process_index() == 0:
         print("\n".join(problems), file=sys.stderr, flush=True)

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += summary_rows(build(dataset, args.manual_dir, args.data_dir), dataset)
     except release.ReleaseError as error:
         print(f"dsbs-prepare: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(format_table(rows))
     return 0
 

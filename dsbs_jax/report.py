@@ -29,8 +29,8 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-from dsbs_jax import console, results
-from dsbs_jax.files import write_atomically
+from dsbs_jax import cli, console, results
+from dsbs_jax.files import check_folder, write_atomically
 
 LABEL_KINDS = ("_label_", "_cot_")
 UNKNOWN = "?"
@@ -285,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"dsbs-report: no such directory: {', '.join(missing)}", file=sys.stderr)
         return 2
+    return cli.exit_status(parser.prog, lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    check_folder(args.output_dir, "--output_dir")
     written = report(args.directories, args.output_dir, args.split, args.metric)
     if written is None:
         print(

@@ -15,10 +15,13 @@ from typing import Any
 
 from etils import epath
 
+from dsbs_jax.cli import UsageError
 from dsbs_jax.files import write_atomically
+from dsbs_jax.jsonl import json_type
 
 RUN_FILE = "run.json"
 METRICS_SUFFIX = ".metrics.json"
+METRICS_KEYS = frozenset({"task", "split", "step", "metrics"})  # what a reader relies on
 PREDICTIONS_SUFFIX = ".jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -155,4 +158,16 @@ def find_results(directory: str) -> Iterator[dict[str, Any]]:
         if name.endswith(METRICS_SUFFIX)
     )
     for path in sorted(paths):
-        yield {**json.loads(path.read_text()), "path": str(path)}
+        yield {**_read_metrics(path), "path": str(path)}
+
+
+def _read_metrics(path: epath.Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_bytes())
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise UsageError(f"{path}: not a metrics file ({error})") from None
+    if not isinstance(result, dict):
+        raise UsageError(f"{path}: holds {json_type(result)} (expected a JSON object)")
+    if missing := sorted(METRICS_KEYS - set(result)):
+        raise UsageError(f"{path}: not a metrics file (no {', '.join(missing)})")
+    return result

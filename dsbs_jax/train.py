@@ -33,7 +33,7 @@ import seqio
 from etils import epath
 
 import gin
-from dsbs_jax import checkpoints, console, gin_utils, losses, partitioning, results
+from dsbs_jax import checkpoints, cli, console, files, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
 from dsbs_jax.cli import PREEMPTED_EXIT, OnSigterm
 from dsbs_jax.data import packing
@@ -139,6 +139,7 @@ def task_lengths(
             seqio.get_mixture_or_task(name)
         except ValueError as error:
             raise ConfigError(f"{side} task {name!r} is not registered ({error})") from None
+        check_prepared(name)
         missing = {"inputs", side} - set(feature_lengths)
         if missing:
             raise ConfigError(
@@ -179,6 +180,23 @@ def check_batch(
             f"data_shards ({shards}) must be a multiple of the {groups} groups of hosts "
             f"that read their own rows (hosts, or hosts sharing a model axis) and divide "
             f"BATCH_SIZE {batch_size}"
+        )
+
+
+def check_prepared(task_name: str) -> None:
+    """Every task of `task_name` finds its dataset: otherwise SeqIO only says, at the first
+    batch, that the task "has no splits"."""
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name)):
+        if task.source.splits:
+            continue
+        source = getattr(task.source, "tfds_dataset", None)
+        if source is None:
+            raise ConfigError(f"task {task.name}: its data source has no splits")
+        dataset = source.name.split(":")[0]
+        raise ConfigError(
+            f"task {task.name}: TFDS dataset {dataset} is not in DATA_DIR "
+            f"{source.data_dir or '(TFDS default)'}: build it there with dsbs-prepare "
+            f"--dataset {dataset.removeprefix('dsbs_')} --data_dir DATA_DIR"
         )
 
 
@@ -584,8 +602,11 @@ def _initial_state(
         return trainer.create_state(seed), None
     try:
         _, params = checkpoints.load(initial_checkpoint_path)
-        checkpoints.check_params(trainer.config, params, initial_checkpoint_path)
     except (checkpoints.CheckpointError, FileNotFoundError) as error:
+        raise ConfigError(f"INITIAL_CHECKPOINT_PATH cannot be read: {error}") from None
+    try:
+        checkpoints.check_params(trainer.config, params, initial_checkpoint_path)
+    except checkpoints.CheckpointError as error:
         raise ConfigError(
             f"INITIAL_CHECKPOINT_PATH does not fit MODEL_CONFIG: {error} (include the matching "
             "gin/models/ file)"
@@ -682,6 +703,7 @@ def train(
     unset = [name for name, value in locals().items() if value is gin.REQUIRED]
     if unset:
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/train.gin)")
+    files.check_folder(model_dir, "MODEL_DIR")
     unknown = sorted(set(resume_changes) - set(RESUME_KEYS))
     if unknown:
         raise ConfigError(f"train.resume_changes {unknown}: expected some of {RESUME_KEYS}")
@@ -1003,7 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setup(parser, argv)
     try:
         result = gin_utils.run_configured(parser, train, argv)
-    except ConfigError as error:
+    except cli.UsageError as error:
         print(f"dsbs-train: configuration error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLoss as error:

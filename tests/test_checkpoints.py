@@ -168,6 +168,21 @@ def test_orbax_round_trip_and_latest_step(fixture_checkpoint, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, checkpoints.load(tmp_path / "run")[1], doubled)
 
 
+@pytest.mark.parametrize("save", [checkpoints.save_hf, checkpoints.save_orbax])
+def test_a_failed_save_keeps_the_previous_checkpoint(fixture_checkpoint, tmp_path, save):
+    config, params = fixture_checkpoint
+    save(tmp_path / "model", config, params)
+    with pytest.raises(Exception):  # noqa: B017 (whatever the writer raises)
+        save(tmp_path / "model", config, {**params, "broken": object()})
+    kept = checkpoints.load(tmp_path / "model")
+    jax.tree.map(np.testing.assert_array_equal, kept[1], params)
+    # A successful save replaces it, and nothing is left beside it.
+    doubled = jax.tree.map(lambda x: 2 * x, params)
+    save(tmp_path / "model", config, doubled)
+    jax.tree.map(np.testing.assert_array_equal, checkpoints.load(tmp_path / "model")[1], doubled)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 def test_sharded_safetensors_and_torch_bin(tmp_path):
     hf = make_hf_t5(seed=1)
     config, params = save_and_load(hf, tmp_path / "one")
@@ -267,7 +282,7 @@ def test_convert_cli(shared_dir, fixture_checkpoint, tmp_path, capsys):
     config, params = checkpoints.load(tmp_path / "orbax")
     assert config == fixture_checkpoint[0]
     jax.tree.map(np.testing.assert_array_equal, params, fixture_checkpoint[1])
-    assert convert_main([str(tmp_path / "absent"), str(tmp_path / "x"), "--to", "hf"]) == 1
+    assert convert_main([str(tmp_path / "absent"), str(tmp_path / "x"), "--to", "hf"]) == 2
     assert "absent: no such file or directory" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

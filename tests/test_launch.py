@@ -13,6 +13,7 @@ import tomllib
 import pytest
 
 from dsbs_jax import meshes
+from dsbs_jax.cli import PREEMPTED_EXIT
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
@@ -327,6 +328,28 @@ def test_slurm_refuses_several_tasks_per_node_and_running_outside_a_job(tmp_path
     assert "not inside a SLURM job" in result.stderr
 
 
+@pytest.mark.parametrize("status", [0, 1, PREEMPTED_EXIT])
+def test_slurm_requeues_a_job_whose_run_was_stopped_before_it_finished(tmp_path, status):
+    """Exit 75 (dsbs-train saved and stopped on SIGTERM) puts the job back in the queue,
+    where the same command resumes the run; any other exit ends the job with that status."""
+    env = {**slurm_env(tmp_path), "SLURM_JOB_ID": "4242"}
+    requeued = tmp_path / "requeued"
+    fake_tool(
+        tmp_path,
+        "scontrol",
+        '#!/bin/sh\nif [ "$1" = requeue ]; then echo "$2" >> ' + str(requeued) + "; exit 0; fi\n"
+        "echo node-a1; echo node-a2\n",
+    )
+    fake_tool(tmp_path, "srun", f"#!/bin/sh\nexit {status}\n")
+    result = launch("slurm.sbatch", "dsbs-train", *TRAIN_ARGS, env=env)
+    assert result.returncode == status, result.stderr
+    if status == PREEMPTED_EXIT:
+        assert requeued.read_text() == "4242\n"
+        assert "requeueing job 4242" in result.stderr
+    else:
+        assert not requeued.exists()
+
+
 def test_slurm_header_has_overridable_defaults():
     text = (LAUNCH / "slurm.sbatch").read_text()
     directives = [line.split()[1] for line in text.splitlines() if line.startswith("#SBATCH")]
@@ -337,8 +360,12 @@ def test_slurm_header_has_overridable_defaults():
         "--gpus-per-node",
         "--time",
         "--output",
+        "--open-mode",
+        "--requeue",
+        "--signal",
     ]
     assert "--nodes=2" in directives and "--ntasks-per-node=1" in directives
+    assert "--signal=TERM@300" in directives  # to the tasks (not B:), before the time limit
     assert "sbatch --nodes=4 launch/slurm.sbatch dsbs-train" in text
 
 

@@ -53,9 +53,9 @@ def svamp_copy(shared_dir, tmp_path):
 def test_an_empty_manual_dir_is_an_error(tmp_path, capsys):
     (tmp_path / "manual").mkdir()
     code, err = run_prepare("cqa", tmp_path / "manual", tmp_path / "data", capsys)
-    assert code == 1 and f"no folder cqa/ in the manual dir {tmp_path / 'manual'}" in err
+    assert code == 2 and f"no folder cqa/ in the manual dir {tmp_path / 'manual'}" in err
     code, err = run_prepare("all", tmp_path / "manual", tmp_path / "data", capsys)
-    assert code == 1 and "no dataset folder" in err
+    assert code == 2 and "no dataset folder" in err
 
 
 def test_a_malformed_line_names_file_and_line(svamp_copy, tmp_path, capsys):
@@ -64,11 +64,11 @@ def test_a_malformed_line_names_file_and_line(svamp_copy, tmp_path, capsys):
     lines[4] = lines[4][:-5]
     rows.write_text("\n".join(lines) + "\n")
     code, err = run_prepare("svamp", svamp_copy, tmp_path / "data", capsys)
-    assert code == 1 and str(rows) in err and "line 5" in err
+    assert code == 2 and str(rows) in err and "line 5" in err
     assert not (tmp_path / "data" / "dsbs_svamp" / "1.0.0").exists()  # nothing half-built
 
 
 def test_teacher_outputs_that_do_not_match_the_rows(svamp_copy, tmp_path, capsys):
     (svamp_copy / "svamp" / "llm" / "train_CoT_1.json").unlink()
     code, err = run_prepare("svamp", svamp_copy, tmp_path / "data", capsys)
-    assert code == 1 and "train" in err and "800" in err and "500" in err
+    assert code == 2 and "train" in err and "800" in err and "500" in err

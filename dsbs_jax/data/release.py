@@ -183,18 +183,33 @@ def dataset_spec(dataset: str) -> DatasetSpec:
     return SPECS[dataset]
 
 
+def _text(path: pathlib.Path) -> str:
+    """A release file's text, which must be UTF-8 (the paper's files are)."""
+    data = pathlib.Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ReleaseError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#x} at offset "
+            f"{error.start}); save the file as UTF-8"
+        ) from None
+
+
 def read_rows(path: pathlib.Path) -> list[dict]:
     """The JSON objects of a JSON-lines file, one per line."""
     rows = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ReleaseError(f"{path}, line {number}: not JSON ({error.msg})") from error
-            if not isinstance(row, dict):
-                raise ReleaseError(f"{path}, line {number}: expected a JSON object")
-            rows.append(row)
+    lines = _text(path).split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ReleaseError(f"{path}, line {number}: not JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise ReleaseError(f"{path}, line {number}: expected a JSON object")
+        rows.append(row)
     return rows
 
 
@@ -216,7 +231,7 @@ def teacher_chunk_files(llm_dir: pathlib.Path, split: str) -> list[pathlib.Path]
 
 def _read_chunk(path: pathlib.Path) -> list[str]:
     try:
-        outputs = json.loads(path.read_text(encoding="utf-8"))
+        outputs = json.loads(_text(path))
     except json.JSONDecodeError as error:
         raise ReleaseError(f"{path}, line {error.lineno}: not JSON ({error.msg})") from error
     if not isinstance(outputs, list):

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from array_record.python import array_record_data_source, array_record_module
 
-from dsbs_jax.files import write_atomically
+from dsbs_jax.files import swap_in, write_atomically
 from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS
 
 METADATA, HASHES, RECORDS = "topk.json", "hashes.npy", "topk.array_record"
@@ -108,8 +108,7 @@ class StoreWriter:
         write_atomically(
             os.path.join(self.partial, METADATA), json.dumps(dataclasses.asdict(metadata), indent=2)
         )
-        shutil.rmtree(self.final, ignore_errors=True)
-        os.rename(self.partial, self.final)
+        swap_in(self.partial, self.final)
         return self.final
 
 
