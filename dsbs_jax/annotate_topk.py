@@ -71,7 +71,8 @@ def score_task(scorer, examples, root: str, task: str, split: str, lengths, teac
         lengths_of_targets = np.count_nonzero(batch["decoder_target_tokens"], axis=1)
         for row, length in enumerate(lengths_of_targets):
             example_hash = int(batch[pairing.EXAMPLE_HASH][row, 0])
-            writer.add(example_hash, ids[row, :length], logprobs[row, :length])
+            targets = batch["decoder_target_tokens"][row, :length]
+            writer.add(example_hash, targets, ids[row, :length], logprobs[row, :length])
         done += len(lengths_of_targets)
         counter.update(done, force=done == total)
     return writer.close(scorer.k, lengths, scorer.config.vocab_size, teacher)

@@ -15,21 +15,23 @@ TEACHER = {"checkpoint": "/teacher"}
 
 
 def _records(count: int, seed: int = 0):
-    """`count` (hash, ids, logprobs) with 1 to 5 target positions each."""
+    """`count` (hash, targets, ids, logprobs) with 1 to 5 target positions each: targets
+    1, 2, ..., as `_examples` makes them."""
     rng = np.random.default_rng(seed)
     records = []
     for i in range(count):
         length = 1 + i % LENGTHS["targets"]
         ids = rng.integers(0, VOCAB, (length, K)).astype(np.int32)
         logprobs = -rng.random((length, K)).astype(np.float32)
-        records.append((1000 + 7 * i, ids, logprobs))
+        targets = np.arange(1, length + 1, dtype=np.int32)
+        records.append((1000 + 7 * i, targets, ids, logprobs))
     return records
 
 
 def _write(root, records, per_shard=2) -> str:
     writer = StoreWriter(str(root), "task_a", "train", records_per_shard=per_shard)
-    for example_hash, ids, logprobs in records:
-        writer.add(example_hash, ids, logprobs)
+    for record in records:
+        writer.add(*record)
     return writer.close(K, LENGTHS, VOCAB, TEACHER)
 
 
@@ -64,11 +66,11 @@ def test_records_come_back_by_hash_in_any_order_padded_and_cut_to_the_targets(tm
     assert store.path == path
     order = [4, 0, 3, 1, 2]
     # Each example's targets: its whole record, or fewer positions (a shorter run).
-    target_lengths = [min(len(records[i][1]), 2) if i % 2 else len(records[i][1]) for i in order]
+    target_lengths = [min(len(records[i][2]), 2) if i % 2 else len(records[i][2]) for i in order]
     hashes = [records[i][0] for i in order]
     read = list(store.attach(_examples(hashes, target_lengths), "hash", 6).as_numpy_iterator())
     for i, n, example in zip(order, target_lengths, read, strict=True):
-        _, ids, logprobs = records[i]
+        _, _, ids, logprobs = records[i]
         assert example[IDS].shape == example[LOGPROBS].shape == (6, K)
         np.testing.assert_array_equal(example[IDS][:n], ids[:n])
         np.testing.assert_array_equal(example[LOGPROBS][:n], logprobs[:n])
@@ -84,20 +86,53 @@ def test_an_example_without_a_record_or_with_longer_targets_stops_the_pipeline(t
         match="no record in top-k store .* for the example of hash.*999",
     ):
         list(store.attach(_examples([999], [1]), "hash", 5).as_numpy_iterator())
-    too_long = len(records[0][1]) + 1
+    too_long = len(records[2][1]) + 1
     with pytest.raises(
         tf.errors.InvalidArgumentError, match="shorter than the targets of its example"
     ):
-        list(store.attach(_examples([records[0][0]], [too_long]), "hash", 5).as_numpy_iterator())
+        list(store.attach(_examples([records[2][0]], [too_long]), "hash", 5).as_numpy_iterator())
+
+
+def test_an_example_whose_targets_were_not_the_ones_scored_stops_the_pipeline(tmp_path):
+    """A dataset rebuilt since the store was written keeps its ids (and their hashes) but
+    not its targets: joining by hash alone would train on stale log-probabilities."""
+    records = _records(3)
+    _write(tmp_path, records)
+    store = Store(str(tmp_path), "task_a", "train")
+    example_hash, targets, _, _ = records[2]
+    changed = tf.data.Dataset.from_tensors(
+        {"targets": targets[::-1].copy(), "hash": np.array([example_hash], np.int64)}
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="scored other targets"):
+        list(store.attach(changed, "hash", 5).as_numpy_iterator())
+    # Its own targets, or a prefix of them, are read.
+    for n in (len(targets), 1):
+        same = tf.data.Dataset.from_tensors(
+            {"targets": targets[:n], "hash": np.array([example_hash], np.int64)}
+        )
+        assert len(list(store.attach(same, "hash", 5).as_numpy_iterator())) == 1
+
+
+def test_a_store_of_the_older_format_is_refused(tmp_path):
+    _write(tmp_path, _records(1))
+    metadata_path = tmp_path / "task_a" / "train" / "topk.json"
+    metadata = json.loads(metadata_path.read_text())
+    del metadata["format"]
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(StoreError, match="before stores kept the targets .* --save_topk 3"):
+        Store(str(tmp_path), "task_a", "train")
 
 
 def test_a_store_is_whole_or_absent_and_refuses_runs_it_does_not_fit(tmp_path):
     with pytest.raises(StoreError, match="no top-k store for task 'task_a', split 'train'"):
         Store(str(tmp_path), "task_a", "train")
     writer = StoreWriter(str(tmp_path), "task_a", "train")
-    writer.add(1, np.zeros((1, K), np.int32), np.zeros((1, K), np.float32))
+    one = (np.ones(1, np.int32), np.zeros((1, K), np.int32), np.zeros((1, K), np.float32))
+    writer.add(1, *one)
     with pytest.raises(StoreError, match="example hash 1 appears twice"):
-        writer.add(1, np.zeros((1, K), np.int32), np.zeros((1, K), np.float32))
+        writer.add(1, *one)
+    with pytest.raises(StoreError, match="2 targets but 1 top-k ids"):
+        writer.add(2, np.ones(2, np.int32), *one[1:])
     with pytest.raises(StoreError, match="no top-k store"):  # not closed: not there
         Store(str(tmp_path), "task_a", "train")
     writer.close(K, LENGTHS, VOCAB, TEACHER)

@@ -7,13 +7,16 @@ examples by id, so the teacher never occupies training memory.
     hashes.npy                         record i's `example_hash` (int64 [N], the only part
                                        a reader holds in memory)
     topk.array_record-00000-of-0000S   the records, `RECORDS_PER_SHARD` per file: each a
-                                       `tf.train.Example` of `ids` (int32) and `logprobs`
-                                       (float32), both `[target tokens, k]` flattened
+                                       `tf.train.Example` of `targets` (int32, the tokens
+                                       scored), `ids` (int32) and `logprobs` (float32),
+                                       both `[target tokens, k]` flattened
 
 A reader looks each example up by its hash and reads its record (ArrayRecord: random
 access), in any order, shard or subsample of the split. Positions line up with the targets
 of any run whose input length equals the store's and whose target length is at most the
-store's: the decoder is causal, so a target cut shorter changes no earlier position.
+store's: the decoder is causal, so a target cut shorter changes no earlier position. An
+example whose targets are not the ones scored (a dataset rebuilt since) stops the run: an
+id alone would join it to stale log-probabilities.
 """
 
 import dataclasses
@@ -31,6 +34,8 @@ from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS
 
 METADATA, HASHES, RECORDS = "topk.json", "hashes.npy", "topk.array_record"
 RECORDS_PER_SHARD = 10_000
+# 2: records keep the target tokens they scored (stores of format 1 are refused).
+FORMAT = 2
 # The features a store adds to a task's examples, `[targets length, k]` after padding.
 IDS, LOGPROBS = TOPK_IDS, TOPK_LOGPROBS
 
@@ -55,6 +60,7 @@ class Metadata:
     examples: int
     shards: int
     teacher: Mapping
+    format: int = 1
 
 
 class StoreWriter:
@@ -74,12 +80,21 @@ class StoreWriter:
         self.shard_paths: list[str] = []
         self._writer = None
 
-    def add(self, example_hash: int, ids: np.ndarray, logprobs: np.ndarray) -> None:
+    def add(
+        self, example_hash: int, targets: np.ndarray, ids: np.ndarray, logprobs: np.ndarray
+    ) -> None:
+        """One example's record: the `[n]` target tokens scored, and their top-k."""
+        if not len(targets) == len(ids) == len(logprobs):
+            raise StoreError(
+                f"{self.task} {self.split}: example hash {example_hash} has {len(targets)} "
+                f"targets but {len(ids)} top-k ids and {len(logprobs)} log-probabilities"
+            )
         if example_hash in self._seen:
             raise StoreError(f"{self.task} {self.split}: example hash {example_hash} appears twice")
         if len(self.hashes) % self.records_per_shard == 0:
             self._next_shard()
         features = {
+            "targets": _bytes(np.asarray(targets, np.int32)),
             "ids": _bytes(np.asarray(ids, np.int32)),
             "logprobs": _bytes(np.asarray(logprobs, np.float32)),
         }
@@ -103,7 +118,15 @@ class StoreWriter:
             os.rename(path, os.path.join(self.partial, f"{RECORDS}-{index:05d}-of-{count:05d}"))
         np.save(os.path.join(self.partial, HASHES), np.asarray(self.hashes, np.int64))
         metadata = Metadata(
-            self.task, self.split, k, dict(lengths), vocab_size, len(self.hashes), count, teacher
+            self.task,
+            self.split,
+            k,
+            dict(lengths),
+            vocab_size,
+            len(self.hashes),
+            count,
+            teacher,
+            FORMAT,
         )
         write_atomically(
             os.path.join(self.partial, METADATA), json.dumps(dataclasses.asdict(metadata), indent=2)
@@ -129,6 +152,12 @@ class Store:
             )
         with open(metadata_path) as stream:
             self.metadata = Metadata(**json.load(stream))
+        if self.metadata.format < FORMAT:
+            raise StoreError(
+                f"top-k store {self.path} was written before stores kept the targets they "
+                f"scored (format {self.metadata.format}, expected {FORMAT}): score the task "
+                f"again with dsbs-annotate --save_topk {self.metadata.k} --tasks {task}"
+            )
         self.hashes = np.load(os.path.join(self.path, HASHES), allow_pickle=False)
         count = self.metadata.shards
         paths = [os.path.join(self.path, f"{RECORDS}-{i:05d}-of-{count:05d}") for i in range(count)]
@@ -166,7 +195,9 @@ class Store:
             default_value=-1,
         )
         k, path = self.metadata.k, self.path
-        spec = {name: tf.io.FixedLenFeature([], tf.string) for name in ("ids", "logprobs")}
+        spec = {
+            name: tf.io.FixedLenFeature([], tf.string) for name in ("targets", "ids", "logprobs")
+        }
 
         def read(index: tf.Tensor) -> tf.Tensor:
             return self.records[int(index)]
@@ -182,6 +213,17 @@ class Store:
                 record = tf.py_function(read, [index], tf.string)
             parsed = tf.io.parse_single_example(record, spec)
             length = tf.shape(example["targets"])[0]
+            scored = tf.io.decode_raw(parsed["targets"], tf.int32)
+            n = tf.minimum(tf.shape(scored)[0], length)  # a shorter record: `covers` says so
+            targets = tf.cast(example["targets"], tf.int32)
+            same = tf.debugging.Assert(
+                tf.reduce_all(tf.equal(scored[:n], targets[:n])),
+                [
+                    f"top-k store {path} scored other targets for the example of hash",
+                    example_hash,
+                    "(its dataset was rebuilt since: score the task again)",
+                ],
+            )
             arrays = {}
             for name, feature, dtype in (
                 (IDS, "ids", tf.int32),
@@ -194,7 +236,7 @@ class Store:
                     message=f"a record of top-k store {path} is shorter than the targets of its "
                     "example: the store scored other targets (score the task again)",
                 )
-                with tf.control_dependencies([covers]):
+                with tf.control_dependencies([covers, same]):
                     stored = stored[:length]
                 padded = tf.pad(stored, [[0, targets_length - length], [0, 0]])
                 arrays[name] = tf.ensure_shape(padded, [targets_length, k])
