@@ -714,7 +714,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--split", required=True, choices=release.SPLITS)
     parser.add_argument("--prompt", help=f"packaged prompt name, JSON file, or {AUTO}")
     parser.add_argument("--backend", choices=("openai", "seq2seq"), default="openai")
-    parser.add_argument("--output_dir", required=True, type=pathlib.Path)
+    parser.add_argument("--output_dir", required=True, type=cli.local_path)
     auto = parser.add_argument_group(f"--prompt {AUTO}: exemplars from training rows")
     auto.add_argument("--name", help="the task (its answer format); default: from the input")
     auto.add_argument("--exemplars_from", help="tfds:NAME or jsonl:PATH (default: the input)")

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Score every example of each task's split and write its store."""
     from dsbs_jax.gin_utils import ConfigError
     from dsbs_jax.teacher.topk import TopKScorer
+    from dsbs_jax.train import check_prepared
     from tasks import registry
 
     if args.backend != "seq2seq" or not args.checkpoint:
@@ -36,19 +37,21 @@ def run(args: argparse.Namespace) -> int:
     task_names = [name for name in args.tasks.split(",") if name] if args.tasks else []
     if not task_names:
         raise cli.UsageError("--save_topk needs --tasks: the tasks whose targets to score")
+    root = str(args.output_dir / TOPK_DIR)
     try:
         registry.register(
             args.data_dir,
             args.vocabulary or registry.DEFAULT_VOCABULARY,
             modules=args.task_module or (),
         )
+        for task_name in task_names:
+            check_prepared(task_name)
         scorer = TopKScorer(
             args.checkpoint, args.save_topk, args.batch_size, args.model_parallelism
         )
     except (ConfigError, ValueError, FileNotFoundError) as error:
         raise cli.UsageError(str(error)) from None
     lengths = {"inputs": args.max_input_length, "targets": args.max_tokens}
-    root = str(args.output_dir / TOPK_DIR)
     teacher = {"checkpoint": args.checkpoint, "config_vocab_size": scorer.config.vocab_size}
     for task_name in task_names:
         try:

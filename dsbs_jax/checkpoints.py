@@ -416,7 +416,7 @@ def save_orbax(path: str | os.PathLike, config: T5Config, params: Params) -> Non
     import orbax.checkpoint as ocp
 
     with (
-        files.staged_directory(epath.Path(path).absolute()) as staging,
+        files.staged_directory(files.absolute(path)) as staging,
         ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer,
     ):
         checkpointer.save(
@@ -451,6 +451,7 @@ def load_orbax(
 
     if not (directory / ORBAX_CONFIG_ITEM).exists():
         directory = _latest_orbax_step(directory)
+    location = epath.Path(files.absolute(directory))
     handler = ocp.CompositeCheckpointHandler(
         **{
             ORBAX_PARAMS_ITEM: ocp.StandardCheckpointHandler(),
@@ -460,19 +461,19 @@ def load_orbax(
     try:
         with ocp.Checkpointer(handler) as checkpointer:
             items = {ORBAX_CONFIG_ITEM: ocp.args.JsonRestore()}
-            saved = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
+            saved = checkpointer.restore(location, args=ocp.args.Composite(**items))
             config = T5Config(**saved[ORBAX_CONFIG_ITEM])
             if target:
                 params_target = target(config)
             else:
-                metadata = checkpointer.metadata(directory.absolute()).item_metadata
+                metadata = checkpointer.metadata(location).item_metadata
                 on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
                 params_target = jax.tree.map(
                     lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=on_device),
                     metadata[ORBAX_PARAMS_ITEM],
                 )
             items = {ORBAX_PARAMS_ITEM: ocp.args.StandardRestore(params_target)}
-            restored = checkpointer.restore(directory.absolute(), args=ocp.args.Composite(**items))
+            restored = checkpointer.restore(location, args=ocp.args.Composite(**items))
     except (ValueError, FileNotFoundError, OSError, TypeError) as error:
         raise CheckpointError(f"{directory}: not a readable Orbax checkpoint ({error})") from None
     except KeyError as missing:  # a step without one of its items

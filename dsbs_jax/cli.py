@@ -3,6 +3,8 @@ run with one line and exit status 2 (the plain-flag binaries, `dsbs-infer` and
 `dsbs-annotate`, through `exit_status`); a run that a SIGTERM stopped before it finished
 exits `PREEMPTED_EXIT`."""
 
+import argparse
+import pathlib
 import signal
 import sys
 from collections.abc import Callable
@@ -15,6 +17,14 @@ PREEMPTED_EXIT = 75
 
 class UsageError(Exception):
     """A flag, file or name that cannot be used: exit status 2."""
+
+
+def local_path(text: str) -> pathlib.Path:
+    """An argparse type for a flag whose files must be on this machine: a URL (`gs://...`)
+    is refused by name, where pathlib would turn it into a local folder named `gs:`."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text}: a local path is needed here, not a URL")
+    return pathlib.Path(text)
 
 
 def exit_status(prog: str, run: Callable[[], int]) -> int:

@@ -61,6 +61,12 @@ def check_folder(path: epath.PathLike, what: str) -> None:
             return
 
 
+def absolute(path: epath.PathLike) -> str:
+    """A local path made absolute, so a record names the same files from any folder; a URL
+    (`gs://...`) as it is (epath's `absolute()` would put the working folder before it)."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+
+
 def swap_in(staging: epath.PathLike, target: epath.PathLike) -> None:
     """Move the finished folder `staging` to `target`. A folder already at `target` is
     deleted only once the new one is in its place, and put back if the move fails."""

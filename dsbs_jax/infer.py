@@ -92,8 +92,8 @@ def made_by(args: argparse.Namespace) -> dict:
 
     names = ("output", "max_input_length", "label_length", "rationale_length", "method")
     return {
-        "checkpoint": results.absolute(args.checkpoint),
-        "vocabulary": results.absolute(args.vocabulary),
+        "checkpoint": files.absolute(args.checkpoint),
+        "vocabulary": files.absolute(args.vocabulary),
         **{name: getattr(args, name) for name in names},
         "num_beams": args.num_beams if args.method == "beam" else None,
     }

@@ -16,7 +16,7 @@ from typing import Any
 from etils import epath
 
 from dsbs_jax.cli import UsageError
-from dsbs_jax.files import write_atomically
+from dsbs_jax.files import absolute, write_atomically
 from dsbs_jax.jsonl import json_type
 
 RUN_FILE = "run.json"
@@ -73,11 +73,6 @@ def read_run(checkpoint_path: str) -> dict[str, Any] | None:
         if (directory / RUN_FILE).exists():
             return json.loads((directory / RUN_FILE).read_text())
     return None
-
-
-def absolute(path: str) -> str:
-    """A path as results record it: absolute where it is local, a URL as it is."""
-    return path if "://" in path else os.path.abspath(path)
 
 
 def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, str]:

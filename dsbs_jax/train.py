@@ -824,8 +824,8 @@ def train(
             if distillation is None
             else {
                 "checkpoint_path": teacher_checkpoint_path
-                and results.absolute(teacher_checkpoint_path),
-                "topk_dir": teacher_topk_dir and results.absolute(teacher_topk_dir),
+                and files.absolute(teacher_checkpoint_path),
+                "topk_dir": teacher_topk_dir and files.absolute(teacher_topk_dir),
                 "kd_weight": kd_weight,
                 "kd_temperature": kd_temperature,
                 "kd_direction": kd_direction,

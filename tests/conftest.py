@@ -30,6 +30,7 @@ SLOWEST_MODULES = (
     "test_kd_trainer.py",
     "test_packing.py",
     "test_eval.py",
+    "test_gcs.py",
 )
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"

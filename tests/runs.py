@@ -6,7 +6,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,17 @@ def environment(devices: int = 1, python_path: Sequence[Path] = ()) -> dict:
 
 
 def run(
-    flags: list[str], devices: int = 1, binary: str = "train", python_path: Sequence[Path] = ()
+    flags: list[str],
+    devices: int = 1,
+    binary: str = "train",
+    python_path: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
+    """Run the binary and check that it succeeds; `env` is added to its environment."""
     result = subprocess.run(
         command(flags, binary),
         cwd=ROOT,
-        env=environment(devices, python_path),
+        env={**environment(devices, python_path), **(env or {})},
         capture_output=True,
         text=True,
     )

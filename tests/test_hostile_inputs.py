@@ -68,6 +68,10 @@ ANNOTATE = [
     "--split", "train", "--prompt", "synthetic", "--backend", "openai", "--base_url",
     "http://127.0.0.1:9/v1", "--model", "m", "--output_dir", "{tmp}/out",
 ]  # fmt: skip
+TOPK = [
+    "--save_topk", "4", "--tasks", "dsbs_synthetic_label_llm", "--backend", "seq2seq",
+    "--checkpoint", str(FIXTURE), "--split", "train",
+]  # fmt: skip
 SVAMP = ["--dataset", "svamp", "--manual_dir", "{tmp}/release", "--data_dir", "{tmp}/tfds"]
 
 
@@ -223,6 +227,18 @@ CASES = {
     "annotate/absent input": Case(
         "annotate", ["--input", "jsonl:{tmp}/absent.jsonl", *ANNOTATE], 2, "absent.jsonl"
     ),
+    "annotate/output dir on Cloud Storage": Case(
+        "annotate",
+        [*TOPK, "--output_dir", "gs://bucket/teacher"],
+        2,
+        "argument --output_dir: gs://bucket/teacher: a local path is needed here, not a URL",
+    ),  # fmt: skip
+    "annotate/top-k of an unprepared dataset": Case(
+        "annotate",
+        [*TOPK, "--data_dir", "{tmp}", "--output_dir", "{tmp}/out"],
+        2,
+        "dsbs-prepare --dataset synthetic",
+    ),  # fmt: skip
     # dsbs-fit
     "fit/unknown topology": Case(
         "fit", ["--topology", "v9-1", "--gin_file=gin/runs/quickstart.gin"], 2, "'v9-1'"

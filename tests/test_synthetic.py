@@ -7,6 +7,7 @@ import operator
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def synthetic_rows(manual_dir, name: str) -> list[dict]:
 def read_release(release_dir) -> dict[str, bytes]:
     return {
         str(p.relative_to(release_dir)): p.read_bytes()
-        for p in release_dir.rglob("*")
+        for p in Path(release_dir).rglob("*")
         if p.is_file()
     }
 

@@ -146,3 +146,5 @@ def test_a_store_is_whole_or_absent_and_refuses_runs_it_does_not_fit(tmp_path):
         with pytest.raises(StoreError, match=message):
             store.check_fits(lengths, vocab)
     assert topk_store.store_dir("root", "t", "s") == "root/t/s"
+    with pytest.raises(StoreError, match="gs://b/topk: top-k stores are read and written on"):
+        Store("gs://b/topk", "task_a", "train")

@@ -11,11 +11,11 @@ test.
 import dataclasses
 import json
 import math
-import pathlib
 import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from etils import epath
 
 from dsbs_jax.data import metrics, teacher_outputs
 
@@ -183,9 +183,9 @@ def dataset_spec(dataset: str) -> DatasetSpec:
     return SPECS[dataset]
 
 
-def _text(path: pathlib.Path) -> str:
+def _text(path: epath.Path) -> str:
     """A release file's text, which must be UTF-8 (the paper's files are)."""
-    data = pathlib.Path(path).read_bytes()
+    data = epath.Path(path).read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -196,7 +196,7 @@ def _text(path: pathlib.Path) -> str:
         ) from None
 
 
-def read_rows(path: pathlib.Path) -> list[dict]:
+def read_rows(path: epath.Path) -> list[dict]:
     """The JSON objects of a JSON-lines file, one per line."""
     rows = []
     lines = _text(path).split("\n")
@@ -213,13 +213,13 @@ def read_rows(path: pathlib.Path) -> list[dict]:
     return rows
 
 
-def teacher_chunk_files(llm_dir: pathlib.Path, split: str) -> list[pathlib.Path]:
+def teacher_chunk_files(llm_dir: epath.Path, split: str) -> list[epath.Path]:
     """`{split}_CoT_{k}.json` in `llm_dir` (split as on disk: train, valid, test), in order
     of k as a number. A missing k between two present ones is an error: the outputs after
     it would be matched to the wrong rows."""
     name = re.compile(rf"{re.escape(split)}_CoT_(\d+)\.json")
     numbered = {}
-    for path in pathlib.Path(llm_dir).glob(f"{split}_CoT_*.json"):
+    for path in epath.Path(llm_dir).glob(f"{split}_CoT_*.json"):
         if match := name.fullmatch(path.name):
             numbered[int(match.group(1))] = path
     if missing := sorted(set(range(max(numbered, default=-1) + 1)) - set(numbered)):
@@ -229,7 +229,7 @@ def teacher_chunk_files(llm_dir: pathlib.Path, split: str) -> list[pathlib.Path]
     return [numbered[k] for k in sorted(numbered)]
 
 
-def _read_chunk(path: pathlib.Path) -> list[str]:
+def _read_chunk(path: epath.Path) -> list[str]:
     try:
         outputs = json.loads(_text(path))
     except json.JSONDecodeError as error:
@@ -244,7 +244,7 @@ def _read_chunk(path: pathlib.Path) -> list[str]:
     return outputs
 
 
-def read_teacher_outputs(llm_dir: pathlib.Path, split: str) -> list[str]:
+def read_teacher_outputs(llm_dir: epath.Path, split: str) -> list[str]:
     """The raw outputs of all of `split`'s chunks, concatenated in chunk order."""
     return [output for path in teacher_chunk_files(llm_dir, split) for output in _read_chunk(path)]
 
@@ -266,7 +266,7 @@ def _example(spec: DatasetSpec, row: dict, row_id: str, raw: str) -> Example:
     )
 
 
-def _examples(spec: DatasetSpec, path: pathlib.Path, release_split: str) -> list[Example]:
+def _examples(spec: DatasetSpec, path: epath.Path, release_split: str) -> list[Example]:
     rows = read_rows(path)
     outputs = read_teacher_outputs(path.parent / "llm", release_split)
     if len(outputs) != len(rows):
@@ -306,9 +306,9 @@ def hold_out(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]
 
 
 def _release_split_examples(
-    manual_dir: pathlib.Path, spec: DatasetSpec, release_split: str
+    manual_dir: epath.Path, spec: DatasetSpec, release_split: str
 ) -> list[Example] | None:
-    path = pathlib.Path(manual_dir) / spec.name / spec.rows_file(release_split)
+    path = epath.Path(manual_dir) / spec.name / spec.rows_file(release_split)
     return _examples(spec, path, release_split) if path.is_file() else None
 
 
@@ -320,14 +320,14 @@ def _our_split(spec: DatasetSpec, split: str, examples: list[Example]) -> list[E
     return validation if split == "validation" else train
 
 
-def read_split(manual_dir: pathlib.Path, dataset: str, split: str) -> list[Example] | None:
+def read_split(manual_dir: epath.Path, dataset: str, split: str) -> list[Example] | None:
     """Our `split` of `dataset`, or None when the release file that holds it is absent."""
     spec = dataset_spec(dataset)
     examples = _release_split_examples(manual_dir, spec, spec.release_split(split))
     return None if examples is None else _our_split(spec, split, examples)
 
 
-def read_dataset(manual_dir: pathlib.Path, dataset: str) -> dict[str, list[Example]]:
+def read_dataset(manual_dir: epath.Path, dataset: str) -> dict[str, list[Example]]:
     """The splits of `dataset` present in `manual_dir` (each release file read once); at
     least one must be."""
     spec = dataset_spec(dataset)
@@ -340,7 +340,7 @@ def read_dataset(manual_dir: pathlib.Path, dataset: str) -> dict[str, list[Examp
     }
     if not present:
         expected = [spec.rows_file(name) for name in release_splits]
-        directory = pathlib.Path(manual_dir) / dataset
+        directory = epath.Path(manual_dir) / dataset
         raise ReleaseError(f"no {dataset} split in {directory}: expected {expected}")
     return present
 

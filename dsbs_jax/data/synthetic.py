@@ -18,9 +18,9 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from dsbs_jax.data import release, vocabulary
 from dsbs_jax.data.release import RELEASE_SPLITS, SPLITS
@@ -383,18 +383,18 @@ def generate_splits(
     return {split: splits[split] for split in SPLITS}
 
 
-def _rows_path(release_dir: Path, split: str) -> Path:
+def _rows_path(release_dir: epath.Path, split: str) -> epath.Path:
     return release_dir / f"{NAME}_{RELEASE_SPLITS[split]}.json"
 
 
 def write_release(
-    manual_dir: Path,
+    manual_dir: epath.Path,
     num_train: int = 10_000,
     num_validation: int = 200,
     num_test: int = 300,
     wrong_fraction: float = 0.15,
     seed: int = 0,
-) -> Path:
+) -> epath.Path:
     """Write the dataset in the paper's release layout under `manual_dir / "synthetic"`.
 
     `synthetic_{train,valid,test}.json` hold JSON lines (`id`, `question`, `answer`);
@@ -402,7 +402,7 @@ def write_release(
     arguments always give byte-identical files; chunks left from a larger earlier run are
     removed so they cannot be read as part of this one. Returns the dataset folder.
     """
-    release_dir = Path(manual_dir) / NAME
+    release_dir = epath.Path(manual_dir) / NAME
     (release_dir / "llm").mkdir(parents=True, exist_ok=True)
     splits = generate_splits(num_train, num_validation, num_test, wrong_fraction, seed)
     for split, examples in splits.items():
@@ -425,10 +425,10 @@ def write_release(
     return release_dir
 
 
-def majority_baseline(manual_dir: Path, split: str = "test") -> float:
+def majority_baseline(manual_dir: epath.Path, split: str = "test") -> float:
     """The share of the split's most frequent gold answer: what always guessing it scores."""
     answers = collections.Counter(
-        row["answer"] for row in release.read_rows(_rows_path(Path(manual_dir) / NAME, split))
+        row["answer"] for row in release.read_rows(_rows_path(epath.Path(manual_dir) / NAME, split))
     )
     return answers.most_common(1)[0][1] / answers.total()
 
@@ -447,8 +447,8 @@ def vocabulary_texts(questions: Iterable[str], teacher_outputs: Iterable[str]) -
     yield from teacher_outputs
 
 
-def _release_texts(manual_dir: Path) -> Iterator[str]:
-    release_dir = Path(manual_dir) / NAME
+def _release_texts(manual_dir: epath.Path) -> Iterator[str]:
+    release_dir = epath.Path(manual_dir) / NAME
     for split in SPLITS:
         rows = release.read_rows(_rows_path(release_dir, split))
         outputs = release.read_teacher_outputs(release_dir / "llm", RELEASE_SPLITS[split])
@@ -456,8 +456,8 @@ def _release_texts(manual_dir: Path) -> Iterator[str]:
 
 
 def train_vocabulary(
-    manual_dir_or_texts: Path | Iterable[str], model_path: Path, vocab_size: int = 256
-) -> Path:
+    manual_dir_or_texts: epath.Path | Iterable[str], model_path: epath.Path, vocab_size: int = 256
+) -> epath.Path:
     """Train the synthetic data's SentencePiece model on the release in a manual dir (a
     path), or on texts, plus the task prefixes and answer marker so they encode compactly.
     The default release gives about 190 pieces: `vocab_size` is only an upper bound."""
@@ -467,7 +467,7 @@ def train_vocabulary(
         else manual_dir_or_texts
     )
     model = vocabulary.train_sentencepiece([*texts, *TASK_PREFIXES, ANSWER_MARKER], vocab_size)
-    model_path = Path(model_path)
+    model_path = epath.Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(model_path, model)
     return model_path

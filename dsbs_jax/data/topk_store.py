@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from array_record.python import array_record_data_source, array_record_module
 
-from dsbs_jax.files import swap_in, write_atomically
+from dsbs_jax.files import is_remote, swap_in, write_atomically
 from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS
 
 METADATA, HASHES, RECORDS = "topk.json", "hashes.npy", "topk.array_record"
@@ -44,7 +44,17 @@ class StoreError(ValueError):
     """A store that is missing, or does not fit the run that reads it."""
 
 
+def check_local(root: str) -> None:
+    """Stores live on local disk only: ArrayRecord and numpy read and write local files."""
+    if is_remote(root):
+        raise StoreError(
+            f"{root}: top-k stores are read and written on local disk only; copy the store "
+            "to the machine that uses it"
+        )
+
+
 def store_dir(root: str, task: str, split: str) -> str:
+    check_local(root)
     return os.path.join(root, task, split)
 
 

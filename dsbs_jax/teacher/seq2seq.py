@@ -13,13 +13,13 @@ cut, from its start, with a warning.
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 
 from dsbs_jax import inference, partitioning
+from dsbs_jax.files import absolute
 from dsbs_jax.teacher.backends import Answer
 from dsbs_jax.teacher.prompts import Prompt
 from dsbs_jax.tokenizer import Tokenizer, pack
@@ -58,7 +58,7 @@ class Seq2SeqTeacher:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
-        self.checkpoint, self.vocabulary = _absolute(checkpoint), _absolute(vocabulary)
+        self.checkpoint, self.vocabulary = absolute(checkpoint), absolute(vocabulary)
         self.prompt = prompt
         self.max_input_length, self.max_length = max_input_length, max_length
         self.batch_size, self.temperature, self.seed = batch_size, temperature, seed
@@ -168,9 +168,3 @@ class Seq2SeqTeacher:
         content = int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), sample)
         return jax.random.fold_in(key, content)
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute, so a description names the same files from any folder;
-    a URL (`gs://...`) as it is."""
-    return path if "://" in path else os.path.abspath(path)
