@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one (local disk or `gs://`)."""
+"""Files and folders on local disk or `gs://`: written so that a reader never sees half of
+one (a file renamed into place, a folder swapped in whole), and checked before any work."""
 
 import contextlib
 import os
@@ -90,8 +91,8 @@ def swap_in(staging: epath.PathLike, target: epath.PathLike) -> None:
 @contextlib.contextmanager
 def staged_directory(target: epath.PathLike) -> Iterator[epath.Path]:
     """A path beside `target` to write a folder at (not made: some writers insist on making
-    it themselves); when the block ends without an error it
-    replaces `target` (`swap_in`), and otherwise it is removed, leaving `target` as it was."""
+    it themselves). When the block ends without an error the folder replaces `target`
+    (`swap_in`); otherwise it is removed, leaving `target` as it was."""
     target = epath.Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{os.getpid()}.new"
