@@ -1,6 +1,7 @@
 """A run that lives on Cloud Storage: data prepared, trained, checkpointed, resumed,
 evaluated, reported and converted entirely on `gs://` paths, against a local emulator
-(`tests/gcs_emulator.py`: every client talks to it over the network, nothing is mocked)."""
+(`tests/gcs_emulator.py`: every client talks to it over the network; only `storageLayout`,
+which the emulator lacks, is answered by the test's proxy)."""
 
 import os
 import subprocess
