@@ -27,7 +27,6 @@ TOPK_DIR = "topk"
 
 def run(args: argparse.Namespace) -> int:
     """Score every example of each task's split and write its store."""
-    from dsbs_jax.gin_utils import ConfigError
     from dsbs_jax.teacher.topk import TopKScorer
     from dsbs_jax.train import check_prepared
     from tasks import registry
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         scorer = TopKScorer(
             args.checkpoint, args.save_topk, args.batch_size, args.model_parallelism
         )
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:  # gin_utils.ConfigError is a ValueError
         raise cli.UsageError(str(error)) from None
     lengths = {"inputs": args.max_input_length, "targets": args.max_tokens}
     teacher = {"checkpoint": args.checkpoint, "config_vocab_size": scorer.config.vocab_size}

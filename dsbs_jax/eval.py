@@ -186,7 +186,7 @@ class _Job:
                 if not path.exists():
                     complete = False
                     continue
-                saved = json.loads(path.read_text())
+                saved = results.read_metrics(path)
                 differences = results.differences(saved, made_by)
                 if differences and not self.overwrite:
                     raise StaleResult(
@@ -262,7 +262,7 @@ class _Job:
         for side in self.sides:
             for task in self._evaluator(side, split).task_names:
                 path = self._metrics_path(task, split, best.step)
-                saved = json.loads(path.read_text())
+                saved = results.read_metrics(path)
                 if saved.get("selected_on") != selected:
                     saved["selected_on"] = selected
                     write_atomically(str(path), json.dumps(saved, indent=2) + "\n")

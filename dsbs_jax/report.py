@@ -281,14 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", default="accuracy", help="the metric (default: accuracy)")
     console.setup(parser, argv)
     args = parser.parse_args(argv)
-    missing = [d for d in args.directories if not epath.Path(d).is_dir()]
-    if missing:
-        print(f"dsbs-report: no such directory: {', '.join(missing)}", file=sys.stderr)
-        return 2
     return cli.exit_status(parser.prog, lambda: _report(args))
 
 
 def _report(args: argparse.Namespace) -> int:
+    if missing := [d for d in args.directories if not epath.Path(d).is_dir()]:
+        raise cli.UsageError(f"no such directory: {', '.join(missing)}")
     check_folder(args.output_dir, "--output_dir")
     written = report(args.directories, args.output_dir, args.split, args.metric)
     if written is None:

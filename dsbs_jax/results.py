@@ -153,10 +153,11 @@ def find_results(directory: str) -> Iterator[dict[str, Any]]:
         if name.endswith(METRICS_SUFFIX)
     )
     for path in sorted(paths):
-        yield {**_read_metrics(path), "path": str(path)}
+        yield {**read_metrics(path), "path": str(path)}
 
 
-def _read_metrics(path: epath.Path) -> dict[str, Any]:
+def read_metrics(path: epath.Path) -> dict[str, Any]:
+    """A metrics file's record; one that is not (a hand-edited or truncated file) is named."""
     try:
         result = json.loads(path.read_bytes())
     except ValueError as error:  # not JSON, or not UTF-8

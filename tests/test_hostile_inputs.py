@@ -132,6 +132,13 @@ CASES = {
         "file",
         _make_file,
     ),
+    "eval/a result in the output dir that is not JSON": Case(
+        "eval",
+        [*EVAL, PREPARED, f"--gin.CHECKPOINT_PATH='{FIXTURE}'"],
+        2,
+        "dsbs_synthetic_label_llm_test_0.metrics.json: not a metrics file",
+        _write("eval/dsbs_synthetic_label_llm_test_0.metrics.json", "{"),
+    ),
     # dsbs-prepare
     "prepare/release file not UTF-8": Case(
         "prepare",

@@ -44,17 +44,13 @@ class StoreError(ValueError):
     """A store that is missing, or does not fit the run that reads it."""
 
 
-def check_local(root: str) -> None:
-    """Stores live on local disk only: ArrayRecord and numpy read and write local files."""
+def store_dir(root: str, task: str, split: str) -> str:
+    """Where a task's store is: on local disk only (ArrayRecord and numpy read local files)."""
     if is_remote(root):
         raise StoreError(
             f"{root}: top-k stores are read and written on local disk only; copy the store "
             "to the machine that uses it"
         )
-
-
-def store_dir(root: str, task: str, split: str) -> str:
-    check_local(root)
     return os.path.join(root, task, split)
 
 
