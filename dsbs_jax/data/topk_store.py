@@ -124,16 +124,9 @@ class StoreWriter:
             os.rename(path, os.path.join(self.partial, f"{RECORDS}-{index:05d}-of-{count:05d}"))
         np.save(os.path.join(self.partial, HASHES), np.asarray(self.hashes, np.int64))
         metadata = Metadata(
-            self.task,
-            self.split,
-            k,
-            dict(lengths),
-            vocab_size,
-            len(self.hashes),
-            count,
-            teacher,
-            FORMAT,
-        )
+            self.task, self.split, k, dict(lengths), vocab_size, len(self.hashes), count, teacher,
+            format=FORMAT,
+        )  # fmt: skip
         write_atomically(
             os.path.join(self.partial, METADATA), json.dumps(dataclasses.asdict(metadata), indent=2)
         )
