@@ -18,7 +18,7 @@ import argparse
 
 import numpy as np
 
-from dsbs_jax import cli, progress
+from dsbs_jax import cli, files, progress
 from dsbs_jax.annotate import say
 from dsbs_jax.data import pairing, topk_store
 
@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:  # gin_utils.ConfigError is a ValueError
         raise cli.UsageError(str(error)) from None
     lengths = {"inputs": args.max_input_length, "targets": args.max_tokens}
-    teacher = {"checkpoint": args.checkpoint, "config_vocab_size": scorer.config.vocab_size}
+    teacher = {
+        "checkpoint": files.absolute(args.checkpoint),
+        "checkpoint_content": files.fingerprint(args.checkpoint),
+        "config_vocab_size": scorer.config.vocab_size,
+    }
     for task_name in task_names:
         try:
             examples = pairing.task_examples(task_name, args.split, lengths)

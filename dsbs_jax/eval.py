@@ -11,16 +11,18 @@ set: the student's own rationales, ROUGE-L against the teacher's, and how often 
 a rationale states agrees with the predicted label), it writes `{task}_{split}_{step}.jsonl`
 and `.metrics.json` into EVAL_OUTPUT_DIR (`dsbs_jax/results.py`) and TensorBoard scalars at
 the checkpoint's step under `EVAL_OUTPUT_DIR/{split}`. Each result records what made it
-(the checkpoint's path, the decoding settings, the lengths, the example cap): a result made
-the same way is skipped, so running the command again completes an interrupted job; one made
-otherwise is refused before any work (exit 2, naming the difference), or redone with
-`evaluate.overwrite = True`. A checkpoint that cannot be read
-is named and the others still run (exit status 1). `--select_on=validation` evaluates every
-checkpoint on validation and only the best one on SPLIT.
+(the checkpoint's path and a fingerprint of its content, a fingerprint of the prepared
+data, the decoding settings, the lengths, the example cap): a result made the same way is
+skipped, so running the command again completes an interrupted job; one made otherwise is
+refused before any work (exit 2, naming the difference), or redone with
+`evaluate.overwrite = True`. A checkpoint that cannot be read is named and the others still
+run (exit status 1). `--select_on=validation` evaluates every checkpoint on validation and
+only the best one on SPLIT.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -35,7 +37,7 @@ from etils import epath
 
 import gin
 from dsbs_jax import cli, console, files, gin_utils, inference, losses, partitioning, results
-from dsbs_jax.data import teacher_outputs
+from dsbs_jax.data import sources, teacher_outputs
 from dsbs_jax.evaluation import TaskEvaluator
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
@@ -157,8 +159,12 @@ class _Job:
         self.batch_size, self.num_examples, self.decoding = batch_size, num_examples, decoding
         self.overwrite = overwrite
         self.evaluators: dict[tuple[str, str], TaskEvaluator] = {}
+        self.checked: dict[tuple[str, str, tuple[str, ...]], dict | None] = {}
         self.summaries = Summaries(output_dir)
         self.result = EvalResult(output_dir)
+        # Each is read once per job (they do not change while it runs).
+        self.checkpoint_content = functools.cache(files.fingerprint)
+        self.dataset_content = functools.cache(sources.dataset_fingerprint)
 
     def _evaluator(self, side: str, split: str) -> TaskEvaluator:
         if (side, split) not in self.evaluators:
@@ -172,8 +178,11 @@ class _Job:
         return epath.Path(results.result_paths(self.output_dir, task, split, step)[1])
 
     def _made_by(self, checkpoint: Checkpoint, side: str) -> dict:
-        lengths = self.sides[side][1]
-        return results.made_by(checkpoint.path, self.decoding, lengths, self.num_examples)
+        name, lengths = self.sides[side]
+        content, dataset = self.checkpoint_content(checkpoint.path), self.dataset_content(name)
+        return results.made_by(
+            checkpoint.path, content, dataset, self.decoding, lengths, self.num_examples
+        )
 
     def _finished(self, checkpoint: Checkpoint, split: str, sides: Sequence[str]) -> dict | None:
         """The saved metrics of every task, if all are on disk and were made as this job makes
@@ -199,16 +208,23 @@ class _Job:
         return finished if complete else None
 
     def check(self, checkpoints: Sequence[Checkpoint], splits: Sequence[str]) -> None:
-        """Refuse before any work if a result on disk was made otherwise."""
+        """Refuse before any work if a result on disk was made otherwise (what is read here
+        serves `run`: each result is read once)."""
+        sides = tuple(self.sides)
         for checkpoint in checkpoints:
             for split in splits:
-                self._finished(checkpoint, split, list(self.sides))
+                key = (checkpoint.path, split, sides)
+                self.checked[key] = self._finished(checkpoint, split, sides)
 
     def run(
         self, checkpoint: Checkpoint, split: str, sides: Sequence[str], **details
     ) -> dict | None:
         """Metrics per task of `checkpoint` on `split`; None if it cannot be read."""
-        finished = self._finished(checkpoint, split, sides)
+        key = (checkpoint.path, split, tuple(sides))
+        if key in self.checked:
+            finished = self.checked.pop(key)
+        else:
+            finished = self._finished(checkpoint, split, sides)
         if finished is not None:
             self.result.skipped.append((checkpoint.step, split))
             return finished

@@ -13,9 +13,10 @@ Serving a student needs neither TensorFlow nor SeqIO, so this binary tokenises w
 leave room for EOS), and decodes through `inference.BatchDecoder` like every other binary.
 Rows are appended and flushed batch by batch, so a reader sees results as they come, and
 a run skips the ids already in its output: a killed run resumes where it stopped and ends
-with the same file an uninterrupted run writes. What made the rows (checkpoint, vocabulary,
-fields, lengths, decoding) is recorded beside them in `OUT.jsonl.settings.json`: a run with
-other settings refuses to add to them (exit 2, naming the difference) rather than mix them.
+with the same file an uninterrupted run writes. What made the rows (checkpoint, with a
+fingerprint of its content, vocabulary, fields, lengths, decoding) is recorded beside them in
+`OUT.jsonl.settings.json`: a run with other settings refuses to add to them (exit 2, naming
+the difference) rather than mix them, as it refuses rows whose id has another input now.
 Bad input lines are named and skipped. Inputs longer than `--max_input_length` tokens (with
 the prefix and EOS) are counted before any decoding: cut to fit with a warning, or with
 `--long_inputs refuse` the run stops there (exit 2) naming them.
@@ -93,6 +94,7 @@ def made_by(args: argparse.Namespace) -> dict:
     names = ("output", "max_input_length", "label_length", "rationale_length", "method")
     return {
         "checkpoint": files.absolute(args.checkpoint),
+        "checkpoint_content": files.fingerprint(args.checkpoint),
         "vocabulary": files.absolute(args.vocabulary),
         **{name: getattr(args, name) for name in names},
         "num_beams": args.num_beams if args.method == "beam" else None,
@@ -117,32 +119,45 @@ def check_made_by(output_file: str, settings: dict, rows: int) -> None:
         raise cli.UsageError(f"{output_file} holds {rows} rows made otherwise ({made}): {remedy}")
 
 
-def finished_ids(path: str, settings: dict) -> set[Id]:
-    """Ids already in an output file made with `settings`; a partial last line (a killed
-    write) is dropped first."""
+def finished_inputs(path: str, settings: dict) -> dict[Id, str]:
+    """The input of each id already in an output file made with `settings`; a partial last
+    line (a killed write) is dropped first."""
     lines, partial = files.complete_lines(path)
     if partial:
         say(f"dropped the partial last line of {path} (a write that was cut off)")
-    ids = set()
+    inputs = {}
     for number, line in enumerate(lines, 1):
         try:
-            ids.add(json.loads(line)["id"])
+            row = json.loads(line)
+            inputs[row["id"]] = row["input"]
         except (ValueError, TypeError, KeyError):
             raise cli.UsageError(
                 f"{path}:{number}: not a row dsbs-infer writes (expected a JSON object with "
-                "an 'id'); give another --output_file or remove this one"
+                "an 'id' and an 'input'); give another --output_file or remove this one"
             ) from None
     check_made_by(path, settings, len(lines))
-    return ids
+    return inputs
+
+
+def check_inputs(examples: list[Example], done: dict[Id, str], output_file: str) -> None:
+    """Refuse rows whose id has another input now: the input file changed under them."""
+    changed = [e.id for e in examples if e.id in done and done[e.id] != e.input]
+    if changed:
+        named = ", ".join(map(repr, changed[:5])) + (", ..." if len(changed) > 5 else "")
+        raise cli.UsageError(
+            f"{output_file} holds rows for {len(changed)} ids whose input is another now "
+            f"({named}): give another --output_file, or remove it to predict again"
+        )
 
 
 def pending_examples(examples: list[Example], output_file: str, settings: dict) -> list[Example]:
     """The examples without a row in the output file, as process 0 sees it; when process 0
     refuses the file, every process raises (none is left waiting for the others)."""
-    done, refusal = set(), None
+    done, refusal = {}, None
     if jax.process_index() == 0:
         try:
-            done = finished_ids(output_file, settings)
+            done = finished_inputs(output_file, settings)
+            check_inputs(examples, done, output_file)
         except cli.UsageError as error:
             refusal = error
     todo = np.array([example.id not in done for example in examples], np.int32)

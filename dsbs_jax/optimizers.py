@@ -11,10 +11,12 @@ import optax
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    """An optax transformation and the learning-rate schedule inside it (for logging)."""
+    """An optax transformation, the learning-rate schedule inside it (for logging), and the
+    settings that made both (`run.json` records them: a run resumed with others is refused)."""
 
     transform: optax.GradientTransformation
     learning_rate: optax.Schedule
+    settings: dict = dataclasses.field(default_factory=dict)
 
 
 def linear_decay(learning_rate: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
@@ -39,9 +41,10 @@ def adamw(
 ) -> Optimizer:
     """The paper's optimiser: the Hugging Face Trainer's AdamW defaults (lr 5e-5, linear
     decay to 0, no warmup, no weight decay, gradients clipped to global norm 1)."""
+    settings = {"name": "adamw", **locals()}
     schedule = linear_decay(learning_rate, total_steps, warmup_steps)
     transform = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return Optimizer(_clipped(transform, max_grad_norm), schedule)
+    return Optimizer(_clipped(transform, max_grad_norm), schedule, settings)
 
 
 def adafactor(
@@ -53,6 +56,7 @@ def adafactor(
     """T5X's finetuning optimiser (`t5_1_1` finetune gins): Adafactor, factored second
     moments, no momentum, update clipping at 1, parameter-scaled steps, constant lr 1e-3.
     Its memory is about that of the parameters: the choice for XL and XXL students."""
+    settings = {"name": "adafactor", **locals()}
     schedule = optax.constant_schedule(learning_rate)
     transform = optax.adafactor(
         schedule,
@@ -63,7 +67,7 @@ def adafactor(
         momentum=None,
         factored=True,
     )
-    return Optimizer(_clipped(transform, max_grad_norm), schedule)
+    return Optimizer(_clipped(transform, max_grad_norm), schedule, settings)
 
 
 def _clipped(

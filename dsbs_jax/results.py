@@ -3,8 +3,9 @@
 A training run writes `MODEL_DIR/run.json` (what was trained: method, dataset, training
 fraction, seed, ...). Every evaluation of a task on a split at a step writes, into its
 output directory, `{task}_{split}_{step}.jsonl` (one row per example) and
-`{task}_{split}_{step}.metrics.json`: the metrics, the checkpoint, the decoding settings,
-and the run's `run.json` when the checkpoint came from a training run. The metrics file
+`{task}_{split}_{step}.metrics.json`: the metrics, what made them (`made_by`: the
+checkpoint and the data, each with a content fingerprint, the decoding settings), and the
+run's `run.json` when the checkpoint came from a training run. The metrics file
 is written last, so its presence means the evaluation is complete.
 """
 
@@ -75,23 +76,40 @@ def read_run(checkpoint_path: str) -> dict[str, Any] | None:
     return None
 
 
-def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, str]:
-    """Each setting of `now` that `saved` records otherwise, as `KEY X there, Y now`; one
+def differences(
+    saved: Mapping[str, Any], now: Mapping[str, Any], within: str = ""
+) -> dict[str, str]:
+    """Each setting of `now` that `saved` records otherwise, as `KEY X there, Y now` (in a
+    dict of settings, each key that differs: `optimizer.total_steps 40 there, 80 now`). One
     that `saved` lacks (a record from an older version) is no difference."""
-    return {
-        key: f"{key} {saved[key]!r} there, {value!r} now"
-        for key, value in now.items()
-        if key in saved and saved[key] != value
-    }
+    found = {}
+    for key, value in now.items():
+        if key not in saved or saved[key] == value:
+            continue
+        if isinstance(value, dict) and isinstance(saved[key], dict):
+            if inner := differences(saved[key], value, f"{within}{key}."):
+                found[key] = "; ".join(inner.values())
+        else:
+            found[key] = f"{within}{key} {saved[key]!r} there, {value!r} now"
+    return found
 
 
 def made_by(
-    checkpoint: str, decoding: Mapping, lengths: Mapping[str, int], num_examples: int | None
+    checkpoint: str,
+    checkpoint_content: str,
+    dataset: str | None,
+    decoding: Mapping,
+    lengths: Mapping[str, int],
+    num_examples: int | None,
 ) -> dict[str, Any]:
     """What an evaluation's result depends on besides its task, split and step, as results
-    record it: a later job tells a result of its own from one made otherwise."""
+    record it: the checkpoint (its path and `files.fingerprint`), the prepared data's
+    fingerprint (`sources.dataset_fingerprint`), decoding, lengths and example cap. A later
+    job tells a result of its own from one made otherwise."""
     return {
         "checkpoint": absolute(checkpoint),
+        "checkpoint_content": checkpoint_content,
+        "dataset_content": dataset,
         "decoding": dict(decoding),
         "lengths": dict(lengths),
         "num_examples": num_examples,

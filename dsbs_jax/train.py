@@ -36,7 +36,7 @@ import gin
 from dsbs_jax import checkpoints, cli, console, files, gin_utils, losses, partitioning, results
 from dsbs_jax.checkpointing import TrainCheckpoints
 from dsbs_jax.cli import PREEMPTED_EXIT, OnSigterm
-from dsbs_jax.data import packing
+from dsbs_jax.data import packing, sources
 from dsbs_jax.data.pairing import (
     EXAMPLE_HASH,
     independent_batches,
@@ -568,6 +568,9 @@ RESUME_KEYS = (
     "train_steps",
     "batch_size",
     "task_feature_lengths",
+    "model",
+    "optimizer",
+    "dataset_content",
     "teacher",
 )
 
@@ -787,6 +790,40 @@ def train(
         resume = saved.latest_step() is not None
         config = gin_bindings(gin.operative_config_str())
         wandb = dict(project=wandb_project, entity=wandb_entity, resume=resume, config=config)
+    run = results.run_info(
+        model_dir,
+        mode,
+        label_task,
+        rationale_task,
+        train_fraction=train_fraction,
+        seed=seed,
+        alpha=alpha,
+        train_steps=train_steps,
+        batch_size=batch_size,
+        task_feature_lengths=dict(task_feature_lengths),
+        model=dataclasses.asdict(model_config),
+        optimizer=optimizer.settings,
+        dataset_content={name: sources.dataset_fingerprint(name) for name, _ in sides.values()},
+        teacher=None
+        if distillation is None
+        else {
+            "checkpoint_path": teacher_checkpoint_path and files.absolute(teacher_checkpoint_path),
+            "checkpoint_content": teacher_checkpoint_path
+            and files.fingerprint(teacher_checkpoint_path),
+            "topk_dir": teacher_topk_dir and files.absolute(teacher_topk_dir),
+            "kd_weight": kd_weight,
+            "kd_temperature": kd_temperature,
+            "kd_direction": kd_direction,
+            "kd_tasks": list(trainer.kd_tasks),
+            "dtype": teacher_dtype,
+            "hidden_weight": hidden_weight,
+            "hidden_layers": [list(pair) for pair in hidden_layers],
+            "hidden_kind": hidden_kind,
+        },
+    )
+    latest = saved.latest_step()
+    if latest is not None:  # before Orbax is asked for a state of another shape
+        _check_same_run(model_dir, run, latest, resume_changes)
     with _Preemption() as preemption, Summaries(model_dir, wandb) as summaries:
         state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
         # The teacher is never in the student's checkpoints: placed again on every start.
@@ -809,35 +846,6 @@ def train(
                     f"run has {data_position}: resume with the same BATCH_SIZE, seed, "
                     "data_shards and pack"
                 )
-        run = results.run_info(
-            model_dir,
-            mode,
-            label_task,
-            rationale_task,
-            train_fraction=train_fraction,
-            seed=seed,
-            alpha=alpha,
-            train_steps=train_steps,
-            batch_size=batch_size,
-            task_feature_lengths=dict(task_feature_lengths),
-            teacher=None
-            if distillation is None
-            else {
-                "checkpoint_path": teacher_checkpoint_path
-                and files.absolute(teacher_checkpoint_path),
-                "topk_dir": teacher_topk_dir and files.absolute(teacher_topk_dir),
-                "kd_weight": kd_weight,
-                "kd_temperature": kd_temperature,
-                "kd_direction": kd_direction,
-                "kd_tasks": list(trainer.kd_tasks),
-                "dtype": teacher_dtype,
-                "hidden_weight": hidden_weight,
-                "hidden_layers": [list(pair) for pair in hidden_layers],
-                "hidden_kind": hidden_kind,
-            },
-        )
-        if position is not None:
-            _check_same_run(model_dir, run, step, resume_changes)
         if jax.process_index() == 0:
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
             results.write_run(model_dir, run)
@@ -875,6 +883,7 @@ def train(
         if not preempted:
             decode = validation.decoder(state.params)
             name, lengths = sides[losses.LABEL]
+            step_dir = os.path.join(checkpoint_dir, str(int(state.step)))
             for split in final_eval_splits:
                 evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
                 final[split], rows = evaluator.evaluate(decode)
@@ -887,7 +896,9 @@ def train(
                         rows,
                         run=run,
                         **results.made_by(
-                            os.path.join(checkpoint_dir, str(int(state.step))),
+                            step_dir,
+                            files.fingerprint(step_dir),
+                            sources.dataset_fingerprint(name),
                             {"method": "greedy"},
                             lengths,
                             eval_examples,

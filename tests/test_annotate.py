@@ -22,7 +22,8 @@ from tiny import tiny_config
 from dsbs_jax import annotate, checkpoints
 from dsbs_jax.data import metrics, release, synthetic
 from dsbs_jax.models import T5
-from dsbs_jax.teacher import voting
+from dsbs_jax.teacher import prompts, voting
+from dsbs_jax.teacher.seq2seq import Seq2SeqTeacher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KEY = "sk-test-annotate-0123456789"
@@ -474,7 +475,18 @@ def test_the_seq2seq_backend_annotates_from_a_checkpoint(problems, small_vocabul
     assert annotate.main(argv) == 0
     rows = read_jsonl(output_dir / annotate.annotations_file("test"))
     assert [row["id"] for row in rows] == [e.id for e in examples]
-    assert all(len(row["outputs"]) == 1 and isinstance(row["outputs"][0], str) for row in rows)
+    # The outputs are the teacher's own for these questions, in their order, unaltered.
+    teacher = Seq2SeqTeacher(
+        str(checkpoint),
+        small_vocabulary,
+        prompts.load_prompt("synthetic"),
+        max_input_length=64,
+        max_length=8,
+        batch_size=4,
+    )
+    assert [row["outputs"] for row in rows] == teacher.generate(
+        [e.problem.question for e in examples], 1
+    )
     record = manifest(output_dir)
     assert record["teacher"]["backend"] == "seq2seq" and record["client"] is None
     llm = json.loads((output_dir / "synthetic" / "llm" / "test_CoT_0.json").read_text())

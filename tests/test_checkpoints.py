@@ -6,11 +6,11 @@ import re
 import jax
 import numpy as np
 import pytest
-import tensorstore as ts
 import torch
 import transformers
 from flax import serialization, traverse_util
 from reference import assert_logits_close, hf_logits, make_hf_t5, random_batch, save_and_load
+from t5x_layout import write_zarr_copy
 
 from dsbs_jax import checkpoints
 from dsbs_jax.convert import main as convert_main
@@ -115,29 +115,7 @@ def test_t5x_fixture_loads_and_matches_hf(fixture_checkpoint):
 
 def test_t5x_tensorstore_zarr_copy_loads_the_same(shared_dir, fixture_checkpoint, tmp_path):
     """The layout of the large public T5X checkpoints: arrays in per-parameter zarr dirs."""
-    state = serialization.msgpack_restore(
-        (shared_dir / "fixtures/t5x/test_t5_tiny.checkpoint_0").read_bytes()
-    )
-    flat = traverse_util.flatten_dict(state["optimizer"]["target"])
-    for path, array in flat.items():
-        name = "target." + ".".join(path)
-        spec = {
-            "driver": "zarr",
-            "kvstore": {"driver": "file", "path": name},
-            "metadata": {
-                "shape": list(array.shape),
-                "chunks": list(array.shape),
-                "dtype": "<f4",
-                "compressor": {"id": "gzip", "level": 1},
-            },
-        }
-        store = ts.open(
-            {**spec, "kvstore": {"driver": "file", "path": str(tmp_path / name)}}, create=True
-        ).result()
-        store.write(np.asarray(array, np.float32)).result()
-        flat[path] = spec
-    state["optimizer"]["target"] = traverse_util.unflatten_dict(flat)
-    (tmp_path / "checkpoint").write_bytes(serialization.msgpack_serialize(state))
+    write_zarr_copy(shared_dir / "fixtures/t5x/test_t5_tiny.checkpoint_0", tmp_path)
 
     config, params = checkpoints.load(tmp_path)
     assert config == fixture_checkpoint[0]

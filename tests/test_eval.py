@@ -12,7 +12,7 @@ from PIL import Image
 from rouge_score import rouge_scorer
 from tiny import tiny_config
 
-from dsbs_jax import checkpoints, decoding, eval, inference, partitioning, report
+from dsbs_jax import checkpoints, decoding, eval, files, inference, partitioning, report
 from dsbs_jax.evaluation import decode_by_length
 from dsbs_jax.models import T5
 from dsbs_jax.writers import read_scalars
@@ -138,10 +138,11 @@ def test_results_made_otherwise_are_refused_before_any_work_or_redone(
     assert _eval(other, out, tfds_data_dir) == 2
     error = capsys.readouterr().err
     assert f"{LABEL}_validation_30.metrics.json holds a result made otherwise (checkpoint " in error
-    assert f"there, '{other}' now): give another EVAL_OUTPUT_DIR, or bind" in error
+    assert f"there, '{other}' now; checkpoint_content '" in error
+    assert "now): give another EVAL_OUTPUT_DIR, or bind evaluate.overwrite=True" in error
     beam = ["--gin.evaluate.method='beam'", "--gin.evaluate.num_beams=2"]
     assert _eval(trained["dsbs"], out, tfds_data_dir, *beam) == 2
-    assert "(decoding {'method': 'greedy'} there, {'method': 'beam'," in capsys.readouterr().err
+    assert "(decoding.method 'greedy' there, 'beam' now)" in capsys.readouterr().err
     assert _eval(trained["dsbs"], out, tfds_data_dir, "--gin.evaluate.num_examples=8") == 2
     assert "(num_examples 16 there, 8 now)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.glob("*.json*")} == before  # nothing touched
@@ -151,6 +152,39 @@ def test_results_made_otherwise_are_refused_before_any_work_or_redone(
     assert redone["checkpoint"] == str(other) and redone["run"]["method"] == "standard-llm"
     assert _eval(other, out, tfds_data_dir) == 0  # its own result now: kept
     assert "already evaluated (kept): 1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_other_weights_or_data_at_the_same_paths_are_told_apart_by_their_content(
+    trained, tfds_data_dir, tmp_path, capsys
+):
+    """A MODEL_DIR trained again, or a DATA_DIR prepared again, keeps its paths: the results
+    record fingerprints of the checkpoint's and the data's content, not only their paths."""
+    step = tmp_path / "model" / "checkpoints" / "30"
+    shutil.copytree(trained["dsbs"] / "checkpoints" / "30", step)
+    data_dir = tmp_path / "data"
+    shutil.copytree(tfds_data_dir / "dsbs_synthetic", data_dir / "dsbs_synthetic")
+    out, few = tmp_path / "eval", "--gin.evaluate.num_examples=8"
+    assert _eval(step, out, data_dir, few) == 0
+    made = _metrics(out, LABEL, "validation", 30)
+    assert made["checkpoint_content"] == files.fingerprint(trained["dsbs"] / "checkpoints" / "30")
+    capsys.readouterr()
+
+    shutil.rmtree(step)
+    shutil.copytree(trained["standard"] / "checkpoints" / "30", step)  # trained again
+    assert _eval(step, out, data_dir, few) == 2
+    error = capsys.readouterr().err
+    assert f"(checkpoint_content '{made['checkpoint_content']}' there, '" in error
+    shutil.rmtree(step)
+    shutil.copytree(trained["dsbs"] / "checkpoints" / "30", step)
+
+    assert _eval(step, out, tfds_data_dir, few) == 0  # the same data elsewhere: kept
+    assert "already evaluated (kept): 1" in capsys.readouterr().out
+    (digest,) = data_dir.glob("dsbs_synthetic/*/metadata.json")
+    digest.write_text(json.dumps({"examples_sha256": "0" * 64}))  # as other rows would give
+    assert _eval(step, out, data_dir, few) == 2
+    assert f"(dataset_content '{made['dataset_content']}' there, '" in capsys.readouterr().err
+    assert _metrics(out, LABEL, "validation", 30) == made  # nothing touched
 
 
 @pytest.mark.slow

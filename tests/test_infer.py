@@ -3,6 +3,7 @@ tokenisation, resuming, bad lines, missing files, and no TensorFlow on import.""
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -176,6 +177,41 @@ def test_rows_made_otherwise_are_never_added_to(student, small_vocabulary, tmp_p
     (tmp_path / "out.jsonl.settings.json").unlink()
     assert infer.main(argv(student, small_vocabulary, inputs, output)) == 2
     assert "has 10 rows but no out.jsonl.settings.json" in capsys.readouterr().err
+
+
+def test_rows_of_other_weights_or_other_inputs_are_never_added_to(
+    student, small_vocabulary, tmp_path, capsys
+):
+    """What the paths and ids alone do not tell: the checkpoint trained again at the same
+    path, or an id whose input changed. A new id is added to the same rows."""
+    path, config, params = student
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(path, checkpoint)
+    inputs = write_inputs(tmp_path / "in.jsonl", good_lines())
+    output = tmp_path / "out.jsonl"
+    run = argv((str(checkpoint),), small_vocabulary, inputs, output)
+    assert infer.main(run) == 0
+    before = output.read_bytes()
+    capsys.readouterr()
+
+    changed = good_lines()
+    changed[0] = changed[0].replace(TEXTS[0], TEXTS[1])
+    write_inputs(tmp_path / "in.jsonl", changed)
+    assert infer.main(run) == 2
+    assert f"{output} holds rows for 1 ids whose input is another now ('ex0')" in (
+        capsys.readouterr().err
+    )
+    write_inputs(tmp_path / "in.jsonl", [*good_lines(), json.dumps({"id": "new", "input": "x"})])
+    assert infer.main(run) == 0
+    assert output.read_bytes().startswith(before) and len(output.read_bytes().splitlines()) == 11
+    after = output.read_bytes()
+
+    printed = json.loads((tmp_path / "out.jsonl.settings.json").read_text())["checkpoint_content"]
+    retrained = jax.tree.map(lambda x: x * 2, params)
+    checkpoints.save_orbax(checkpoint, config, retrained)
+    assert infer.main(run) == 2
+    assert f"(checkpoint_content '{printed}' there, '" in capsys.readouterr().err
+    assert output.read_bytes() == after
 
 
 def test_bad_lines_are_named_and_skipped(student, small_vocabulary, tmp_path, capsys):

@@ -101,7 +101,7 @@ def test_a_run_restarted_from_a_checkpoint_with_a_teacher_continues_exactly(
 ):
     runs.run(runs.flags(tmp_path, tfds_data_dir, RESTART, *_kd_flags(teacher)))
     assert sorted(read_scalars(tmp_path / "train", "loss")) == list(range(1, RESTART + 1))
-    go_on = "--gin.train.resume_changes=['train_steps']"
+    go_on = "--gin.train.resume_changes=['train_steps','optimizer']"
     result = runs.run(runs.flags(tmp_path, tfds_data_dir, STEPS, *_kd_flags(teacher), go_on))
     assert f"resuming from the checkpoint at step {RESTART}" in result.stderr
     for tag in ("loss", "loss/kd", "loss/hidden"):

@@ -72,3 +72,23 @@ def test_teacher_outputs_that_do_not_match_the_rows(svamp_copy, tmp_path, capsys
     (svamp_copy / "svamp" / "llm" / "train_CoT_1.json").unlink()
     code, err = run_prepare("svamp", svamp_copy, tmp_path / "data", capsys)
     assert code == 2 and "train" in err and "800" in err and "500" in err
+
+
+def test_the_same_rows_prepared_again_have_the_same_digest_and_others_another(
+    svamp_copy, tmp_path, capsys
+):
+    """Results record `metadata.json` (`sources.dataset_fingerprint`): it must name the rows,
+    not the build (the TFRecords' bytes differ between builds of the same rows)."""
+
+    def digest(data_dir) -> str:
+        return (data_dir / "dsbs_svamp" / "1.0.0" / "metadata.json").read_text()
+
+    for name in ("first", "again"):
+        assert run_prepare("svamp", svamp_copy, tmp_path / name, capsys)[0] == 0
+    assert digest(tmp_path / "first") == digest(tmp_path / "again")
+    rows = svamp_copy / "svamp" / "svamp_test.json"
+    lines = rows.read_text().splitlines()
+    lines[4] = lines[4].replace('{"input":"', '{"input":"So, ', 1)
+    rows.write_text("\n".join(lines) + "\n")
+    assert run_prepare("svamp", svamp_copy, tmp_path / "edited", capsys)[0] == 0
+    assert digest(tmp_path / "edited") != digest(tmp_path / "first")

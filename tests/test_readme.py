@@ -1,6 +1,7 @@
 """The README's commands and code, run as written (the install step is CI's own)."""
 
 import collections
+import csv
 import itertools
 import json
 import os
@@ -13,6 +14,9 @@ import time
 
 import pytest
 import runs
+from rouge_score import rouge_scorer
+
+from dsbs_jax import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -159,16 +163,39 @@ def test_the_jsonl_walkthrough_trains_and_evaluates_its_own_task(readme_tmp):
     assert sorted((r["id"], r["target"]) for r in rows) == [("e1", "15"), ("e2", "13")]
     correct = sum(r["parsed_prediction"] == r["target"] for r in rows)
     assert result["metrics"]["accuracy"] == pytest.approx(100 * correct / len(rows))
-    rationales = readme_tmp / "sums_eval" / "dsbs_sums_rationale_test_10.metrics.json"
-    assert 0 <= json.loads(rationales.read_text())["metrics"]["rouge_l"] <= 100
+    rationales = json.loads(
+        (readme_tmp / "sums_eval" / "dsbs_sums_rationale_test_10.metrics.json").read_text()
+    )
+    rows = _rows(pathlib.Path(rationales["predictions"]))
+    assert sorted(r["target"] for r in rows) == [  # the teacher's rationales of the test rows
+        json.loads(line)["working"]
+        for line in (readme_tmp / "my_data/sums/test.jsonl").read_text().splitlines()
+    ]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(r["target"], r["prediction"])["rougeL"].fmeasure for r in rows]
+    assert rationales["metrics"]["rouge_l"] == pytest.approx(100 * sum(rouge) / len(rouge))
 
 
 @pytest.mark.slow
 def test_the_report_has_both_methods_and_its_plots(readme_tmp):
-    table = (readme_tmp / "dsbs_report/report.csv").read_text()
-    assert "dsbs-llm,synthetic" in table and "standard-llm,synthetic" in table
-    for plot in ("accuracy_vs_fraction.png", "learning_curves.png"):
-        assert (readme_tmp / "dsbs_report" / plot).stat().st_size > 10_000
+    """The table holds each run's final test accuracy, and the plots draw those runs."""
+    with open(readme_tmp / "dsbs_report" / report.TABLE_CSV) as table:
+        means = {row["method"]: float(row["mean"]) for row in csv.DictReader(table)}
+    for method, run in (("dsbs-llm", "dsbs_quickstart/model"), ("standard-llm", "dsbs_standard")):
+        (final,) = (readme_tmp / run / "eval").glob("*_label_llm_test_*.metrics.json")
+        assert means[method] == pytest.approx(json.loads(final.read_text())["metrics"]["accuracy"])
+    folders = [str(readme_tmp / "dsbs_quickstart/model"), str(readme_tmp / "dsbs_standard")]
+    found = report.select(report.collect(folders, "test", "accuracy"))
+    scores = [report.score(result, "accuracy") for result in found]
+    figures = {
+        report.FRACTION_PLOT: report.fraction_figure(report.group(scores), "accuracy", "test"),
+        report.CURVES_PLOT: report.curves_figure(report.curve_runs(scores), "accuracy"),
+    }
+    (ax,) = figures[report.FRACTION_PLOT].axes
+    drawn = {c.get_label(): c.lines[0].get_ydata()[0] for c in ax.containers}
+    assert drawn == pytest.approx(means)
+    for name, figure in figures.items():
+        assert (readme_tmp / "dsbs_report" / name).read_bytes() == report.png(figure), name
 
 
 # What each cluster command's gin must resolve: the run's required macros.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from matplotlib.colors import same_color
 
 from dsbs_jax import report, results, writers
 
@@ -172,15 +172,49 @@ def test_rationale_tasks_and_other_splits_ignored(grid, tmp_path):
     assert {float(r["mean"]) for r in _csv_rows(tmp_path / "v")} == {2.0}
 
 
-@pytest.mark.parametrize("name", [report.FRACTION_PLOT, report.CURVES_PLOT])
-def test_plots_are_drawn(reported, name):
+def _scores(root: Path) -> list[report.Score]:
+    found = report.collect([str(root)], "test", "accuracy")
+    return [report.score(result, "accuracy") for result in report.select(found)]
+
+
+def test_the_fraction_plot_draws_each_methods_means_and_stds(grid, reported):
+    root, expected = grid
+    figure = report.fraction_figure(report.group(_scores(root)), "accuracy", "test")
+    (ax,) = figure.axes
+    colours = report.method_colours(METHODS)
+    drawn = {container.get_label(): container for container in ax.containers}
+    assert set(drawn) == set(METHODS)
+    for method, container in drawn.items():
+        line, _, (bars,) = container.lines
+        runs = [expected[method, fraction] for fraction in FRACTIONS]
+        assert list(line.get_xdata()) == [100 * fraction for fraction in FRACTIONS]
+        assert list(line.get_ydata()) == pytest.approx([np.mean(r) for r in runs])
+        spreads = [(top[1] - bottom[1]) / 2 for bottom, top in bars.get_segments()]
+        assert spreads == pytest.approx([np.std(r, ddof=1) for r in runs])
+        assert same_color(line.get_color(), colours[method])
     output_dir, _ = reported
-    with Image.open(output_dir / name) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    height, width, _ = pixels.shape
-    assert width > 300 and height > 300
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
-    assert (pixels < 200).any(axis=-1).mean() > 0.02  # Lines, text and axes, not blank.
+    assert (output_dir / report.FRACTION_PLOT).read_bytes() == report.png(figure)
+
+
+def test_the_learning_curves_draw_every_runs_events(grid, reported):
+    root, _ = grid
+    runs = report.curve_runs(_scores(root))
+    figure = report.curves_figure(runs, "accuracy")
+    loss_ax, metric_ax = figure.axes
+    assert len(runs) == len(loss_ax.lines) == len(metric_ax.lines) == 8
+    colours = report.method_colours(METHODS)
+    for run, loss, metric in zip(runs, loss_ax.lines, metric_ax.lines, strict=True):
+        assert list(loss.get_xdata()) == list(range(0, 40, 5))
+        assert list(loss.get_ydata()) == pytest.approx(
+            [3 / (s + 1) + run.seed for s in range(0, 40, 5)]
+        )
+        assert list(metric.get_xdata()) == list(range(0, 40, 10))
+        assert list(metric.get_ydata()) == pytest.approx([2.0 * s for s in range(0, 40, 10)])
+        assert same_color(loss.get_color(), colours[run.method]) and loss.get_label() == (
+            f"{run.method} f={report.percent(run.fraction)} seed={run.seed}"
+        )
+    output_dir, _ = reported
+    assert (output_dir / report.CURVES_PLOT).read_bytes() == report.png(figure)
 
 
 def test_results_without_a_run(tmp_path):

@@ -159,7 +159,7 @@ def test_training_logs_to_wandb_and_a_resumed_run_continues_it(offline, tmp_path
     model_dir = tmp_path / "model"
     project = "--gin.train.wandb_project='dsbs-test'"
     runs.run(runs.flags(model_dir, tfds_data_dir, 3, project))
-    go_on = "--gin.train.resume_changes=['train_steps']"
+    go_on = "--gin.train.resume_changes=['train_steps','optimizer']"
     runs.run(runs.flags(model_dir, tfds_data_dir, 5, project, go_on))  # resumes at step 3
     first, second = _runs(model_dir)
     kept = (model_dir / writers.RUN_ID_FILE).read_text().strip()

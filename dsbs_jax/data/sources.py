@@ -4,7 +4,9 @@ restricted to the examples every method trains on."""
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
+from dsbs_jax import files
 from dsbs_jax.data.preprocessors import keep_parsed
 
 _HASH_BUCKETS = 2**30
@@ -65,3 +67,21 @@ class DsbsSource(seqio.TfdsDataSource):
         if self.train_fraction < 1.0:
             dataset = dataset.filter(lambda example: self.in_subsample(example["id"]))
         return dataset
+
+
+# What a prepared TFDS folder says of its content (not its TFRecords: their bytes differ
+# between two builds of the same rows). Ours hold a digest of every example in metadata.json.
+DESCRIPTIONS = ("dataset_info.json", "features.json", "metadata.json")
+
+
+def dataset_fingerprint(task_name: str) -> str | None:
+    """A fingerprint (`files.fingerprint`) of the prepared TFDS datasets that a task or mixture
+    reads, for the results it makes to record: data prepared otherwise is told apart, the
+    same data prepared again is not. None for tasks that read no TFDS dataset."""
+    folders = {
+        epath.Path(task.source.tfds_dataset.builder.data_dir)
+        for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
+        if isinstance(task.source, seqio.TfdsDataSource)
+    }
+    found = [folder / name for folder in sorted(folders) for name in DESCRIPTIONS]
+    return files.fingerprint(*(path for path in found if path.exists())) if folders else None

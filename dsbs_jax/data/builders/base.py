@@ -3,12 +3,18 @@
 Every dataset yields the same features, so that one set of SeqIO preprocessors serves all:
 `id`, `input` (the model input as the reference formats it), `label` (gold),
 `teacher_label`, `teacher_rationale`, `teacher_output` (raw) and `teacher_parsed`. A split
-whose files are absent from the manual dir is skipped with a warning.
+whose files are absent from the manual dir is skipped with a warning. The prepared folder's
+`metadata.json` holds a digest of every example (`EXAMPLES_DIGEST`), which results record
+(`sources.dataset_fingerprint`): the TFRecords' bytes differ between two builds of the same
+rows, as protobuf writes a record's features in no fixed order.
 """
 
 import abc
+import dataclasses
+import hashlib
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -18,6 +24,8 @@ from dsbs_jax import progress
 from dsbs_jax.data import release
 
 log = logging.getLogger(__name__)
+
+EXAMPLES_DIGEST = "examples_sha256"
 
 FEATURES = tfds.features.FeaturesDict(
     {
@@ -51,6 +59,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return self.dataset_info_from_configs(
             features=FEATURES,
             supervised_keys=("input", "label"),
+            metadata=tfds.core.MetadataDict(),
             homepage="https://github.com/google-research/distilling-step-by-step",
         )
 
@@ -64,6 +73,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         manual_dir = self.release_dir(dl_manager)
         splits = self.read(manual_dir)
+        self.info.metadata[EXAMPLES_DIGEST] = examples_digest(splits)
         for split in release.SPLITS:
             if split not in splits:
                 log.warning("%s: no %s split in %s; skipped", self.name, split, manual_dir)
@@ -87,3 +97,13 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "teacher_parsed": example.teacher_parsed,
                 },
             )
+
+
+def examples_digest(splits: Mapping[str, Sequence[release.Example]]) -> str:
+    """SHA-256 of every example of every split, in order: what the prepared data holds."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for example in splits[split]:
+            row = {"split": split, **dataclasses.asdict(example)}
+            digest.update(json.dumps(row, sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
