@@ -41,6 +41,8 @@ MEASURED = {
     ("v4-8", "large"): Fit(fsdp=1, model=1, held_gib=16.90, limit_gib=30.75),
     ("v4-8", "xl"): Fit(fsdp=4, model=1, held_gib=23.27, limit_gib=30.75),
     ("v4-32", "xxl"): Fit(fsdp=4, model=4, held_gib=12.89, limit_gib=30.75),
+    ("v5e-16", "large"): Fit(fsdp=1, model=1, held_gib=11.63, limit_gib=15.75),
+    ("v5e-16", "xl"): Fit(fsdp=8, model=1, held_gib=11.86, limit_gib=15.75),
 }
 MESH_PARAMETERS = ("train.fsdp_parallelism", "train.model_parallelism")
 # The student's size is the last model file the gin files include (flan_t5_* include t5_1_1_*).

@@ -507,6 +507,7 @@ XXL = [*PAPER, "--gin_file", "gin/runs/paper/size/xxl.gin"]
         ("v4-32", XXL, 4, 4, "xxl on v4-32: data 1 x fsdp 4 x model 4 (dsbs-fit: 12.89 GiB"),
         ("v5litepod-16", ["--gin_file=models/flan_t5_base.gin"], 1, 1, "3.78 GiB of 15.75"),
         ("v4-64", XL, 4, 1, "data 8 x fsdp 4 x model 1 (dsbs-fit on v4-8: 23.27 GiB"),
+        ("v5litepod-16", XL, 8, 1, "xl on v5litepod-16: data 2 x fsdp 8 x model 1 (dsbs-fit"),
     ],
 )
 def test_tpu_dsbs_train_gets_the_mesh_dsbs_fit_measured(accelerator, args, fsdp, model, note):
