@@ -64,6 +64,10 @@ def test_a_run_lives_entirely_on_cloud_storage(gcs, tfds_data_dir, tmp_path):
     evaluated = run("eval", *EVAL, f"--gin.CHECKPOINT_PATH='{model_dir}'",
                     f"--gin.EVAL_OUTPUT_DIR='{ROOT}/eval'")  # fmt: skip
     assert f"results: {ROOT}/eval" in evaluated.stdout
+    again = run("eval", *EVAL, f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                f"--gin.EVAL_OUTPUT_DIR='{ROOT}/eval'")  # fmt: skip
+    # Fingerprinted on gs:// by the objects' CRC32C: the same content, nothing redone.
+    assert "already evaluated (kept): " in again.stdout and " examples in " not in again.stderr
     reported = run("report", f"{ROOT}/eval", "--output_dir", f"{ROOT}/report")
     assert "| synthetic |" in reported.stdout and f"{ROOT}/report/" in reported.stdout
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import runs
 
-from dsbs_jax import checkpoints, train
+from dsbs_jax import checkpoints, files, train
 from dsbs_jax.writers import read_scalars
 
 STEPS, RESTART = 12, 6
@@ -83,6 +83,7 @@ def test_a_run_with_a_teacher_logs_its_terms_and_records_the_teacher(distilled, 
     run = json.loads((distilled / "run.json").read_text())
     assert run["teacher"] == {
         "checkpoint_path": str(teacher),
+        "checkpoint_content": files.fingerprint(teacher),
         "topk_dir": None,
         "kd_weight": 0.5,
         "kd_temperature": 2.0,
