@@ -884,6 +884,14 @@ def train(
             decode = validation.decoder(state.params)
             name, lengths = sides[losses.LABEL]
             step_dir = os.path.join(checkpoint_dir, str(int(state.step)))
+            made_by = results.made_by(
+                step_dir,
+                files.fingerprint(step_dir),
+                run["dataset_content"][name],
+                {"method": "greedy"},
+                lengths,
+                eval_examples,
+            )
             for split in final_eval_splits:
                 evaluator = TaskEvaluator(name, split, lengths, eval_batch_size, eval_examples)
                 final[split], rows = evaluator.evaluate(decode)
@@ -895,14 +903,7 @@ def train(
                         final[split],
                         rows,
                         run=run,
-                        **results.made_by(
-                            step_dir,
-                            files.fingerprint(step_dir),
-                            sources.dataset_fingerprint(name),
-                            {"method": "greedy"},
-                            lengths,
-                            eval_examples,
-                        ),
+                        **made_by,
                     )
     step = int(state.step)
     rate = loop.progress.steps_per_second() if loop.progress else None
