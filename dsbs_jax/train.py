@@ -785,9 +785,10 @@ def train(
         topk = topk_sides(teacher_topk_dir, sides, trainer.kd_tasks, model_config.vocab_size)
     checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
     saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
+    latest = saved.latest_step()
     wandb = None
     if wandb_project:  # a run restarted from a checkpoint continues its W&B run
-        resume = saved.latest_step() is not None
+        resume = latest is not None
         config = gin_bindings(gin.operative_config_str())
         wandb = dict(project=wandb_project, entity=wandb_entity, resume=resume, config=config)
     run = results.run_info(
@@ -821,7 +822,6 @@ def train(
             "hidden_kind": hidden_kind,
         },
     )
-    latest = saved.latest_step()
     if latest is not None:  # before Orbax is asked for a state of another shape
         _check_same_run(model_dir, run, latest, resume_changes)
     with _Preemption() as preemption, Summaries(model_dir, wandb) as summaries:
