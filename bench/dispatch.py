@@ -29,7 +29,7 @@ from common import log
 
 import gin
 import tasks
-from dsbs_jax import gin_utils, partitioning, prepare, train
+from dsbs_jax import gin_utils, partitioning, prepare, run_tasks, train
 from dsbs_jax.trainer import Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def main() -> None:
             prepare.build("synthetic", None, data_dir)
         tasks.register(data_dir=str(data_dir))
         config, optimizer, lengths = quickstart()
-        sides = train.task_lengths("dsbs", SIDES["label"], SIDES["rationale"], lengths)
+        sides = run_tasks.task_lengths("dsbs", SIDES["label"], SIDES["rationale"], lengths)
         scanned = train.check_lengths(sides, allow_truncation=False)
         mesh = partitioning.make_mesh()
         shards = partitioning.batch_shards(mesh)

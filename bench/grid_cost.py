@@ -344,7 +344,7 @@ def packed_rows(
     import seqio
 
     import tasks
-    from dsbs_jax import prepare, train
+    from dsbs_jax import prepare, run_tasks, train
     from tasks.naming import task_name
 
     datasets = sorted({run.dataset for run in runs})
@@ -360,7 +360,9 @@ def packed_rows(
         tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary, datasets=specs)
         for run in runs:
             label, rationale = run.tasks
-            sides = train.task_lengths(run.shape.mode, label, rationale, dict(run.shape.lengths))
+            sides = run_tasks.task_lengths(
+                run.shape.mode, label, rationale, dict(run.shape.lengths)
+            )
             split = splits.setdefault(
                 run.dataset,
                 train.TRAIN

@@ -13,7 +13,7 @@ The teacher must share the student's vocabulary, so it is `--teacher`'s size wit
 student's `vocab_size` (`dataclasses.replace(SIZES[teacher], vocab_size=...)`): with the
 `tiny` student (512 tokens) a `small` teacher has small's layers but a 512-token embedding
 and head, so fewer parameters than T5.1.1 small. Its weights are random (our `T5.init`,
-unboxed, fetched to the host, then `Trainer.place_teacher`): only the time is measured.
+unboxed, fetched to the host, then `Distiller.place_teacher`): only the time is measured.
 
 FLOPs per step are `Trainer.flops_per_step` (XLA's cost analysis of each compiled step, per
 device) times the device count; their ratio is the work the teacher adds, to set beside the
@@ -36,8 +36,9 @@ from common import SIZES, init_params, log, time_in_turns
 from train_step import ALPHA, SCHEDULE_STEPS, add_batch_arguments, jax_step, make_batch
 
 from dsbs_jax import losses, optimizers, partitioning
+from dsbs_jax.distill import Distillation
 from dsbs_jax.models import T5Config
-from dsbs_jax.trainer import Distillation, Params, Trainer
+from dsbs_jax.trainer import Params, Trainer
 
 KD_WEIGHT = 1.0
 TEMPERATURE = 2.0
@@ -45,7 +46,7 @@ TEMPERATURE = 2.0
 
 def random_teacher(trainer: Trainer, config: T5Config, seed: int = 1) -> Params:
     """Random float32 teacher weights made on the host, placed as a run places a checkpoint's."""
-    return trainer.place_teacher(jax.device_get(init_params(config, seed)))
+    return trainer.distiller.place_teacher(jax.device_get(init_params(config, seed)))
 
 
 def count(tree) -> int:
@@ -91,7 +92,7 @@ def main() -> None:
     distillation = Distillation(teacher_config, KD_WEIGHT, TEMPERATURE, dtype=args.teacher_dtype)
     distilling = trainer(distillation)
     student_params = count(plain.abstract_state.params)
-    teacher_params = count(distilling.abstract_teacher_params)
+    teacher_params = count(distilling.distiller.abstract_teacher_params)
     log(
         f"student {student_params / 1e6:.3g}M parameters, {args.teacher} teacher "
         f"{teacher_params / 1e6:.3g}M ({args.teacher_dtype}, vocab {teacher_config.vocab_size})"

@@ -28,7 +28,7 @@ Compiling XXL on a CPU takes a long time; try `--size small` first.
 `--teacher SIZE` adds an online teacher, as a distilling run has: the `Trainer` gets
 `Distillation(teacher, 1.0, dtype=--teacher_dtype)` (the logits' KL on both tasks; the
 teacher is that size with the student's `vocab_size`, since it must share the student's
-vocabulary) and the step is compiled with `Trainer.abstract_teacher_params` as its third
+vocabulary) and the step is compiled with `Distiller.abstract_teacher_params` as its third
 argument, again allocating nothing. The teacher's parameters (in `--teacher_dtype`, default
 bfloat16) count among the arguments and are not aliased (read, never donated); its forward
 pass, without remat and without dropout, adds to the temporaries. The line names the
@@ -93,7 +93,8 @@ from train_step import ALPHA  # noqa: E402
 
 from dsbs_jax import losses, optimizers, partitioning  # noqa: E402
 from dsbs_jax.aot import compile_step, padded_batch, step_memory  # noqa: E402
-from dsbs_jax.trainer import Distillation, Trainer  # noqa: E402
+from dsbs_jax.distill import Distillation  # noqa: E402
+from dsbs_jax.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -124,7 +125,7 @@ def main() -> None:
     params = sum(leaf.size for leaf in jax.tree.leaves(trainer.abstract_state.params))
     teacher_params, teacher = None, "teacher=none"
     if args.teacher:
-        teacher_params = trainer.abstract_teacher_params
+        teacher_params = trainer.distiller.abstract_teacher_params
         count = sum(leaf.size for leaf in jax.tree.leaves(teacher_params))
         teacher = f"teacher={args.teacher} teacher_params={count / 1e9:.3g}B "
         teacher += f"teacher_dtype={args.teacher_dtype}"

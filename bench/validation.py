@@ -23,7 +23,7 @@ from common import SIZES, init_params, log
 from data import register_cqa
 
 import gin
-from dsbs_jax import gin_utils, optimizers, partitioning, train
+from dsbs_jax import gin_utils, optimizers, partitioning, run_tasks, train
 from dsbs_jax.inference import params_sharding
 from dsbs_jax.trainer import Trainer
 
@@ -59,7 +59,7 @@ def main() -> None:
     lengths = grid_lengths()
     with tempfile.TemporaryDirectory() as directory:
         register_cqa(args.manual_dir, pathlib.Path(directory))
-        sides = train.task_lengths("dsbs", "dsbs_cqa_label_gt", "dsbs_cqa_rationale", lengths)
+        sides = run_tasks.task_lengths("dsbs", "dsbs_cqa_label_gt", "dsbs_cqa_rationale", lengths)
         scanned = train.check_lengths(sides, allow_truncation=False)
         config = SIZES[args.size]
         mesh = partitioning.make_mesh()

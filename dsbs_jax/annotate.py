@@ -15,19 +15,9 @@
     dsbs-annotate --save_topk K --tasks TASK[,TASK...] --backend seq2seq --checkpoint PATH
         --split SPLIT --output_dir DIR  (the offline teacher's top-k: `annotate_topk`)
 
-Paying a teacher for thousands of examples must survive a busy server and a killed run. So
-rows are appended to `OUTPUT_DIR/annotations_{split}.jsonl` as their answers arrive (a kill
-loses only the requests in flight), each with the
-example's id, input and gold label and a fingerprint of (teacher, prompt, samples): a re-run
-skips the examples that have a row (same fingerprint, same input), and at the end every run
-rewrites the file as an uninterrupted one would leave it (its rows in input order, then any
-other rows as they were). An example is written only once all its samples were answered, so
-the next run asks again for those left.
-
-With `--samples K`, each output is parsed by the prompt's answer format and the labels vote
-(self-consistency; labels compared by the dataset's rule, e.g. SVAMP equations by value):
-`--keep vote` keeps the outputs that agree with the majority, `gold` those that agree with
-the gold label (falling back to the vote without one), `all` every parsed one.
+Rows go to `OUTPUT_DIR/annotations_{split}.jsonl` as their answers arrive, and a re-run
+asks only for the examples without one (`teacher.annotating`: the resumable file, and the
+vote of `--samples K` outputs that `--keep vote|gold|all` reads).
 
 `--prompt auto` builds the few-shot prompt from the task's training rows with no exemplar
 written by a person (`teacher.auto_prompt`), once per output dir: `auto_prompt.json` there
@@ -47,27 +37,25 @@ failures, the teacher's accuracy against gold and the client's request counters.
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import pathlib
 import sys
 import time
 from collections.abc import Sequence
 
-from dsbs_jax import cli, console, files, jsonl, progress
-from dsbs_jax.data import release, teacher_outputs
+from dsbs_jax import cli, console, files, jsonl
+from dsbs_jax.data import release
+from dsbs_jax.data.annotations import annotations_file, manifest_file
 from dsbs_jax.data.jsonl_dataset import NAME
-from dsbs_jax.teacher import auto_prompt, confidence, prompts
-from dsbs_jax.teacher.annotations import ROW_KEYS, annotations_file, manifest_file, release_output
+from dsbs_jax.teacher import annotating, auto_prompt, confidence, prompts
+from dsbs_jax.teacher.annotating import KEEP, Example
 from dsbs_jax.teacher.backends import Teacher, TeacherError
-from dsbs_jax.teacher.confidence import Tokens
 from dsbs_jax.teacher.openai import ENDPOINTS, OpenAITeacher
-from dsbs_jax.teacher.voting import Matcher, label_matcher, majority
+from dsbs_jax.teacher.voting import label_matcher
 
 PROG = "dsbs-annotate"
 AUTO = "auto"  # --prompt auto: exemplars from the task's own rows
 AUTO_PROMPT_FILE = "auto_prompt.json"
-KEEP = ("vote", "gold", "all")
 SETTINGS = (
     "input",
     "split",
@@ -86,22 +74,9 @@ SETTINGS = (
     "limit",
 )
 
-Id = str | int
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One input: its id, model input, gold label (None when unknown) and the row it came
-    from (JSONL input only, for the release layout)."""
-
-    id: Id
-    input: str
-    gold: str | None
-    row: dict | None = None
-
 
 def say(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    cli.say(PROG, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,180 +185,6 @@ def dataset_spec(name: str, split: str) -> release.DatasetSpec:
             "train): annotate the release's train rows with --split train"
         )
     return spec
-
-
-# ---------------------------------------------------------------------------------------------
-# Rows
-# ---------------------------------------------------------------------------------------------
-
-
-def annotation(
-    example: Example,
-    outputs: Sequence[str],
-    dataset: str,
-    keep: str,
-    fingerprint: str,
-    tokens: Sequence[Tokens | None] | None = None,
-    min_confidence: float | None = None,
-) -> dict:
-    """The row for one example's outputs (every sample answered), with their tokens'
-    log-probabilities and confidences when asked for (`--logprobs`); with `min_confidence`,
-    only outputs whose answer confidence reaches it are kept."""
-    matches = label_matcher(dataset)
-    parsed = [teacher_outputs.parse(dataset, raw) for raw in outputs]
-    labels = [p.label if p.parsed else None for p in parsed]
-    vote = majority(labels, matches)
-    target = example.gold if keep == "gold" and example.gold is not None else vote
-    fmt = teacher_outputs.answer_format(dataset)
-    sure = [t and confidence.confidence(fmt, t) for t in tokens or [None] * len(outputs)]
-    kept = [
-        i
-        for i, label in enumerate(labels)
-        if label is not None
-        and (keep == "all" or matches(target, label))
-        and (min_confidence is None or _sure_enough(sure[i], min_confidence))
-    ]
-    scores = {}
-    if tokens is not None:
-        scores = {"logprobs": [t and t.to_json() for t in tokens], "confidence": sure}
-    return {
-        "id": example.id,
-        "fingerprint": fingerprint,
-        "input": example.input,
-        "gold": example.gold,
-        "outputs": list(outputs),
-        "labels": labels,
-        "vote": vote,
-        "kept": kept,
-        "rationale": parsed[kept[0]].rationale if kept else None,
-        "label": target,
-        **scores,
-    }
-
-
-def _sure_enough(score: dict | None, threshold: float) -> bool:
-    """Whether an output's answer confidence reaches `threshold` (one without is not)."""
-    return score is not None and score["answer"] is not None and score["answer"] >= threshold
-
-
-def saved_tokens(row: dict) -> list[Tokens | None] | None:
-    """The tokens a row stored (None: it has none, the run asked for none)."""
-    if "logprobs" not in row:
-        return None
-    try:
-        return [data and Tokens.from_json(data) for data in row["logprobs"]]
-    except (KeyError, TypeError, ValueError):
-        raise cli.UsageError(
-            f"annotations of {row['id']!r}: unreadable logprobs: remove the row to ask again"
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------------
-
-
-def fingerprint(description: dict, prompt_sha256: str, samples: int) -> str:
-    """First 16 hex digits of the SHA-256 of what decides a row's outputs: teacher, prompt,
-    samples. (`--keep` only reads the outputs, so rows are recomputed rather than re-asked.)"""
-    key = {"teacher": description, "prompt": prompt_sha256, "samples": samples}
-    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def saved_rows(path: pathlib.Path) -> list[tuple[dict, bytes]]:
-    """Every complete row of an annotations file with its line (a partial last line, from a
-    killed write, is dropped first)."""
-    lines, partial = files.complete_lines(path)
-    if partial:
-        say(f"dropped the partial last line of {path} (a write that was cut off)")
-    saved = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            if not row.keys() >= ROW_KEYS:
-                raise ValueError
-        except (ValueError, AttributeError):
-            raise cli.UsageError(
-                f"{path}:{number}: not a row {PROG} writes (expected a JSON object with "
-                f"{sorted(ROW_KEYS)}); give another --output_dir or remove the file"
-            ) from None
-        saved.append((row, line))
-    return saved
-
-
-def _is_row_of(row: dict, key: str, example: Example | None) -> bool:
-    """Whether `row` answers `example` under fingerprint `key`: an id alone is not enough,
-    since ids may be line numbers of a file that has changed since."""
-    return (
-        example is not None
-        and row["fingerprint"] == key
-        and row["input"] == example.input
-        and row["gold"] == example.gold
-    )
-
-
-def rows_for(saved: list[tuple[dict, bytes]], key: str, examples: list[Example]) -> dict[Id, dict]:
-    """The newest saved row of each example under fingerprint `key`."""
-    by_id = {example.id: example for example in examples}
-    return {row["id"]: row for row, _ in saved if _is_row_of(row, key, by_id.get(row["id"]))}
-
-
-def rewrite(
-    path: pathlib.Path,
-    examples: list[Example],
-    rows: dict[Id, dict],
-    saved: list[tuple[dict, bytes]],
-    key: str,
-) -> None:
-    """The annotations file as an uninterrupted run would leave it: this run's rows in input
-    order, then every other saved line as it was (other fingerprints, other inputs)."""
-    by_id = {example.id: example for example in examples}
-    ours = [rows[example.id] for example in examples if example.id in rows]
-    rest = [line + b"\n" for row, line in saved if not _is_row_of(row, key, by_id.get(row["id"]))]
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ours)
-    files.write_atomically(path, text.encode() + b"".join(rest))
-
-
-def write_release(
-    output_dir: pathlib.Path,
-    spec: release.DatasetSpec,
-    split: str,
-    examples: list[Example],
-    rows: dict[Id, dict],
-) -> pathlib.Path:
-    """The input rows and teacher outputs in the paper's release layout; returns the folder."""
-    release_split = spec.release_split(split)
-    folder = output_dir / spec.name
-    lines = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in examples)
-    files.write_atomically(folder / spec.rows_file(release_split), lines)
-    outputs = [release_output(rows[example.id]) for example in examples]
-    chunk = folder / "llm" / f"{release_split}_CoT_0.json"
-    files.write_atomically(chunk, json.dumps(outputs, ensure_ascii=False))
-    return folder
-
-
-def counts(rows: list[dict]) -> dict[str, int]:
-    """Figures over the annotated rows."""
-    outputs = [pair for row in rows for pair in zip(row["outputs"], row["labels"], strict=True)]
-    return {
-        "annotated": len(rows),
-        "outputs": len(outputs),
-        "parse_failures": sum(label is None for _, label in outputs),
-        "kept": sum(len(row["kept"]) for row in rows),
-        "with_rationale": sum(row["rationale"] is not None for row in rows),
-    }
-
-
-def teacher_accuracy(rows: list[dict], matches: Matcher) -> dict:
-    """The vote against gold (no vote counts as wrong), over the rows with a gold label."""
-    scored = [row for row in rows if row["gold"] is not None]
-    correct = sum(row["vote"] is not None and matches(row["gold"], row["vote"]) for row in scored)
-    return {
-        "correct": correct,
-        "scored": len(scored),
-        "accuracy": correct / len(scored) if scored else None,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,43 +341,6 @@ def reused_prompt(path: pathlib.Path, settings: dict) -> prompts.Prompt:
     return prompt
 
 
-def annotate_pending(
-    args: argparse.Namespace,
-    teacher: Teacher,
-    prompt: prompts.Prompt,
-    key: str,
-    examples: list[Example],
-    rows: dict[Id, dict],
-) -> int:
-    """Annotate the examples without a row, appending each one's row to the output file as
-    soon as its answers are in (a kill loses only the requests in flight); returns the number
-    of requests that failed after all retries. An example is written only when every one of
-    its samples was answered (the next run asks again for the others)."""
-    pending = [example for example in examples if example.id not in rows]
-    done, failures = len(examples) - len(pending), 0
-    counter = progress.Counter(len(examples), initial=done)
-    with open(args.output_dir / annotations_file(args.split), "ab") as stream:
-        answered = teacher.stream([example.input for example in pending], args.samples)
-        for index, answers in answered:
-            failures += answers.count(None)
-            if None not in answers:
-                row = annotation(
-                    pending[index],
-                    [answer.text for answer in answers],
-                    prompt.dataset,
-                    args.keep,
-                    key,
-                    None if args.logprobs is None else [answer.tokens for answer in answers],
-                    args.min_confidence,
-                )
-                jsonl.append_rows(stream, [row])
-                rows[row["id"]] = row
-                done += 1
-            counter.update(done, failures=failures)
-    counter.update(done, force=True, failures=failures)
-    return failures
-
-
 def manifest(
     args: argparse.Namespace,
     teacher: Teacher,
@@ -592,8 +356,8 @@ def manifest(
         "prompt": {"name": prompt.name, "dataset": prompt.dataset, "sha256": prompt.sha256},
         "fingerprint": key,
         "settings": {name: getattr(args, name) for name in SETTINGS},
-        "counts": {**input_counts, **counts(annotated)},
-        "teacher_accuracy": teacher_accuracy(annotated, label_matcher(prompt.dataset)),
+        "counts": {**input_counts, **annotating.counts(annotated)},
+        "teacher_accuracy": annotating.teacher_accuracy(annotated, label_matcher(prompt.dataset)),
         "client": stats() if stats else None,
         **(logprob_report(args, teacher, prompt, annotated) if args.logprobs is not None else {}),
     }
@@ -651,34 +415,29 @@ def run(args: argparse.Namespace) -> int:
     except TeacherError as error:
         say(f"stopped: {error}")
         return 2
-    key = fingerprint(teacher.description, prompt.sha256, args.samples)
+    key = annotating.fingerprint(teacher.description, prompt.sha256, args.samples)
+    vote = annotating.Vote(prompt.dataset, args.keep, args.min_confidence)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / annotations_file(args.split)
-    saved = saved_rows(path)
-    rows = rows_for(saved, key, examples)
+    saved = annotating.saved_rows(path)
+    rows = annotating.rows_for(saved, key, examples)
     other = sum(row["fingerprint"] != key for row, _ in saved)
     if other:
         say(f"{other} rows of {path.name} have another fingerprint: kept, but not counted")
     say(f"fingerprint {key}: {len(rows)} of {len(examples)} examples already annotated")
     try:
-        failures = annotate_pending(args, teacher, prompt, key, examples, rows)
+        failures = annotating.annotate_pending(
+            path, teacher, key, examples, rows, vote, args.samples, args.logprobs is not None
+        )
     except TeacherError as error:
         say(f"stopped: {error}")
         return 2
     by_id = {example.id: example for example in examples}
     rows = {  # as --keep says now: it decides nothing the teacher was asked
-        row_id: annotation(
-            by_id[row_id],
-            row["outputs"],
-            prompt.dataset,
-            args.keep,
-            key,
-            saved_tokens(row),
-            args.min_confidence,
-        )
+        row_id: vote.row(by_id[row_id], row["outputs"], key, annotating.saved_tokens(row))
         for row_id, row in rows.items()
     }
-    rewrite(path, examples, rows, saved, key)
+    annotating.rewrite(path, examples, rows, saved, key)
     annotated = [rows[example.id] for example in examples if example.id in rows]
     left = len(examples) - len(annotated)
     input_counts = {
@@ -695,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
     if left:
         say(f"{left} of {len(examples)} examples not annotated (requests failed): run again")
     elif spec:
-        folder = write_release(args.output_dir, spec, args.split, examples, rows)
+        folder = annotating.write_release(args.output_dir, spec, args.split, examples, rows)
         say(f"wrote the release layout of {len(examples)} examples to {folder}")
     if problems:
         say(f"skipped {len(problems)} bad lines of {args.input} (named above)")

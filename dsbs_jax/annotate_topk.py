@@ -19,7 +19,6 @@ import argparse
 import numpy as np
 
 from dsbs_jax import cli, files, progress
-from dsbs_jax.annotate import say
 from dsbs_jax.data import pairing, topk_store
 
 TOPK_DIR = "topk"
@@ -27,8 +26,8 @@ TOPK_DIR = "topk"
 
 def run(args: argparse.Namespace) -> int:
     """Score every example of each task's split and write its store."""
+    from dsbs_jax.run_tasks import check_prepared
     from dsbs_jax.teacher.topk import TopKScorer
-    from dsbs_jax.train import check_prepared
     from tasks import registry
 
     if args.backend != "seq2seq" or not args.checkpoint:
@@ -62,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise cli.UsageError(f"--tasks {task_name}: {error}") from None
         path = score_task(scorer, examples, root, task_name, args.split, lengths, teacher)
-        say(f"wrote the top-{args.save_topk} log-probabilities of {task_name} to {path}")
+        cli.say(
+            "dsbs-annotate",
+            f"wrote the top-{args.save_topk} log-probabilities of {task_name} to {path}",
+        )
     return 0
 
 

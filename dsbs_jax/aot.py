@@ -53,7 +53,7 @@ def compile_step(
 ) -> jax.stages.Compiled:
     """The trainer's compiled step for the abstract state, `batch`'s shapes (arrays or
     `ShapeDtypeStruct`s) and, when it distils online, the teacher's parameters
-    (`Trainer.abstract_teacher_params`): nothing is allocated."""
+    (`Distiller.abstract_teacher_params`): nothing is allocated."""
     state = partitioning.abstract_arrays(trainer.abstract_state, trainer.state_sharding)
     arrays = partitioning.abstract_arrays(batch, partitioning.batch_sharding(trainer.mesh))
     return trainer.compiled_train_step(state, arrays, teacher_params)

@@ -27,6 +27,11 @@ def local_path(text: str) -> pathlib.Path:
     return pathlib.Path(text)
 
 
+def say(prog: str, message: str) -> None:
+    """A note for the user on stderr, as `prog: message`."""
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+
+
 def exit_status(prog: str, run: Callable[[], int]) -> int:
     """`run()`'s exit status, or 2 with the message when it raises `UsageError`."""
     try:

@@ -41,7 +41,7 @@ from dsbs_jax.data import sources, teacher_outputs
 from dsbs_jax.evaluation import TaskEvaluator
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
-from dsbs_jax.train import check_splits, task_lengths
+from dsbs_jax.run_tasks import check_splits, task_lengths
 from dsbs_jax.writers import Summaries
 
 Lengths = Mapping[str, int]

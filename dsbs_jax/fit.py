@@ -56,9 +56,10 @@ import jax
 import gin
 from dsbs_jax import aot, checkpoints, cli, console, gin_utils, hardware, losses, partitioning
 from dsbs_jax import train as train_module
+from dsbs_jax.distill import Distillation
 from dsbs_jax.gin_utils import ConfigError
 from dsbs_jax.models import T5Config
-from dsbs_jax.trainer import Distillation, LossOptions, Trainer
+from dsbs_jax.trainer import LossOptions, Trainer
 
 PROG = "dsbs-fit"
 FITS, DOES_NOT_FIT, USAGE, FAILED = 0, 1, 2, 3
@@ -392,7 +393,7 @@ def check(flags: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     except (ValueError, FileNotFoundError) as error:  # gin's unknown names; missing files
         raise ConfigError(str(error)) from None
     trainer, batch, described = build(devices)
-    teacher = trainer.abstract_teacher_params if trainer.online else None
+    teacher = trainer.distiller.abstract_teacher_params if trainer.online else None
     print(f"{PROG}: {description}")
     print(f"model: {described['model']}")
     print(f"step: {described['step']}")

@@ -81,7 +81,7 @@ def _unclosed(value: str) -> bool:
     return sum(value.count(c) for c in "([{") > sum(value.count(c) for c in ")]}")
 
 
-README_SECTION = 'README.md, "Training: `dsbs-train`" (gin files, bindings, macros)'
+DOCS_PAGE = 'docs/training.md, "Training: `dsbs-train`" (gin files, bindings, macros)'
 
 
 def _bindings_help(gin_file: str, examples: Sequence[str]) -> str:
@@ -119,7 +119,7 @@ def _bindings_help(gin_file: str, examples: Sequence[str]) -> str:
             break_long_words=False,
             break_on_hyphens=False,
         )
-    return "\n".join([*lines, "", f"More: {README_SECTION}."])
+    return "\n".join([*lines, "", f"More: {DOCS_PAGE}."])
 
 
 def parse_flags(

@@ -188,7 +188,7 @@ def appender(path: str, settings: dict) -> Iterator[IO[bytes] | None]:
 def say(message: str) -> None:
     """A note on stderr, from process 0 only."""
     if jax.process_index() == 0:
-        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+        cli.say(PROG, message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def choose(
         measured_on, fit = mesh_for(topology, size)
     except (Unmeasured, FileNotFoundError) as error:
         return [], (
-            f"mesh unknown: {error}; run dsbs-fit --topology {topology} first (README: Will "
-            "it fit?); the gin files' mesh is kept"
+            f"mesh unknown: {error}; run dsbs-fit --topology {topology} first (docs/launching.md, "
+            "Will it fit?); the gin files' mesh is kept"
         )
     tpu = hardware.tpu_slice(topology)
     data = tpu.chips // (fit.fsdp * fit.model)

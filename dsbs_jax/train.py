@@ -43,6 +43,7 @@ from dsbs_jax.data.pairing import (
     packed_paired_batches,
     paired_batches,
 )
+from dsbs_jax.distill import Distillation
 from dsbs_jax.evaluation import TaskEvaluator, padded_batches
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
@@ -50,7 +51,8 @@ from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.models import T5Config
 from dsbs_jax.optimizers import Optimizer
 from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput, duration
-from dsbs_jax.trainer import Distillation, LossOptions, Trainer, TrainState
+from dsbs_jax.run_tasks import check_splits, task_lengths
+from dsbs_jax.trainer import LossOptions, Trainer, TrainState
 from dsbs_jax.writers import Summaries, gin_bindings, import_wandb, read_scalars
 
 log = logging.getLogger(__name__)
@@ -123,36 +125,6 @@ def best_validation(model_dir: str) -> tuple[str, float, int] | None:
 # -------------------------------------------------------------------------------------------
 
 
-def task_lengths(
-    mode: str, label_task: str, rationale_task: str | None, feature_lengths: Lengths
-) -> dict[str, tuple[str, dict[str, int]]]:
-    """`{side: (task, {'inputs': n, 'targets': m})}` for the tasks `mode` trains on.
-    TASK_FEATURE_LENGTHS names `inputs` and each side's targets: `label`, `rationale`."""
-    sides = {losses.LABEL: label_task}
-    if mode == "dsbs":
-        if not rationale_task:
-            raise ConfigError("MODE 'dsbs' needs RATIONALE_TASK (a rationale task or mixture)")
-        sides[losses.RATIONALE] = rationale_task
-    result = {}
-    for side, name in sides.items():
-        try:
-            seqio.get_mixture_or_task(name)
-        except ValueError as error:
-            raise ConfigError(f"{side} task {name!r} is not registered ({error})") from None
-        check_prepared(name)
-        missing = {"inputs", side} - set(feature_lengths)
-        if missing:
-            raise ConfigError(
-                f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} lacks {sorted(missing)}: give "
-                f"'inputs' and the target length of each task ({', '.join(sides)})"
-            )
-        result[side] = (
-            name,
-            {"inputs": feature_lengths["inputs"], "targets": feature_lengths[side]},
-        )
-    return result
-
-
 def check_batch(
     batch_size: int,
     eval_batch_size: int,
@@ -181,34 +153,6 @@ def check_batch(
             f"that read their own rows (hosts, or hosts sharing a model axis) and divide "
             f"BATCH_SIZE {batch_size}"
         )
-
-
-def check_prepared(task_name: str) -> None:
-    """Every task of `task_name` finds its dataset: otherwise SeqIO only says, at the first
-    batch, that the task "has no splits"."""
-    for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name)):
-        if task.source.splits:
-            continue
-        source = getattr(task.source, "tfds_dataset", None)
-        if source is None:
-            raise ConfigError(f"task {task.name}: its data source has no splits")
-        dataset = source.name.split(":")[0]
-        raise ConfigError(
-            f"task {task.name}: TFDS dataset {dataset} is not in DATA_DIR "
-            f"{source.data_dir or '(TFDS default)'}: build it there with dsbs-prepare "
-            f"--dataset {dataset.removeprefix('dsbs_')} --data_dir DATA_DIR"
-        )
-
-
-def check_splits(task_name: str, splits: Sequence[str]) -> None:
-    """Every final evaluation split must exist for some task of `task_name` with metrics."""
-    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
-    for split in splits:
-        if not any(task.metric_fns and split in task.splits for task in tasks):
-            raise ConfigError(
-                f"train.final_eval_splits has {split!r}, which no task of {task_name} with "
-                "metrics has"
-            )
 
 
 def check_lengths(
@@ -782,7 +726,7 @@ def train(
         raise ConfigError(f"{source} {path!r}: {error}") from None
     topk = None
     if teacher_topk_dir:
-        topk = topk_sides(teacher_topk_dir, sides, trainer.kd_tasks, model_config.vocab_size)
+        topk = topk_sides(teacher_topk_dir, sides, trainer.distiller.tasks, model_config.vocab_size)
     checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
     saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
     latest = saved.latest_step()
@@ -815,7 +759,7 @@ def train(
             "kd_weight": kd_weight,
             "kd_temperature": kd_temperature,
             "kd_direction": kd_direction,
-            "kd_tasks": list(trainer.kd_tasks),
+            "kd_tasks": list(trainer.distiller.tasks),
             "dtype": teacher_dtype,
             "hidden_weight": hidden_weight,
             "hidden_layers": [list(pair) for pair in hidden_layers],
@@ -827,7 +771,7 @@ def train(
     with _Preemption() as preemption, Summaries(model_dir, wandb) as summaries:
         state, position = _initial_state(trainer, saved, initial_checkpoint_path, seed)
         # The teacher is never in the student's checkpoints: placed again on every start.
-        teacher_params = None if teacher is None else trainer.place_teacher(teacher)
+        teacher_params = None if teacher is None else trainer.distiller.place_teacher(teacher)
         del teacher
         step = int(state.step)
         data_position = {
@@ -943,7 +887,7 @@ class _Loop:
         per_group = len(self.consumed) // self.groups
         self.shards = slice(group * per_group, (group + 1) * per_group)
         self.peak_flops: float | None = None
-        self.teacher_params = None  # placed by `Trainer.place_teacher`, when it distils
+        self.teacher_params = None  # placed by `Distiller.place_teacher`, when it distils
         self.last_eval: dict = {}
         self.progress: Progress | None = None  # this process's, once it has run
         self.throughput: Throughput | None = None

@@ -21,8 +21,9 @@ from tiny import tiny_config
 
 from dsbs_jax import annotate, checkpoints
 from dsbs_jax.data import metrics, release, synthetic
+from dsbs_jax.data.annotations import annotations_file, manifest_file, release_output
 from dsbs_jax.models import T5
-from dsbs_jax.teacher import prompts, voting
+from dsbs_jax.teacher import annotating, prompts, voting
 from dsbs_jax.teacher.seq2seq import Seq2SeqTeacher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def manifest(output_dir: pathlib.Path, split: str = "test") -> dict:
-    return json.loads((output_dir / annotate.manifest_file(split)).read_text())
+    return json.loads((output_dir / manifest_file(split)).read_text())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_every_example_once_in_order_despite_faults(problems, tmp_path, endpoint
     faults = {e.problem.question: kinds[i % len(kinds)] for i, e in enumerate(problems[3::10])}
     with FakeOpenAI(responses(problems), faults=faults, fault_delay=1.5) as server:
         assert annotate.main(flags(server, input_path, output_dir, f"--endpoint={endpoint}")) == 0
-    rows = read_jsonl(output_dir / annotate.annotations_file("test"))
+    rows = read_jsonl(output_dir / annotations_file("test"))
     assert [row["id"] for row in rows] == [e.id for e in problems]
     assert [row["outputs"] for row in rows] == [[e.teacher.text] for e in problems]
     assert all(server.attempts[question] >= 2 for question in faults)
@@ -128,7 +129,7 @@ def test_a_killed_run_loses_only_its_requests_in_flight_and_resumes_exactly(
     with FakeOpenAI(responses(problems), latency=0.03) as server:
         # No timeout on a loaded machine: each request is sent once, unless in flight at the kill.
         argv = flags(server, input_path, resumed, "--concurrency=2", "--timeout=30")
-        annotations = resumed / annotate.annotations_file("test")
+        annotations = resumed / annotations_file("test")
         run_until_killed(argv, server, requests=45)
         assert 40 <= annotations.read_bytes().count(b"\n") < 200
         with annotations.open("ab") as stream:  # as if the kill had cut a write in half
@@ -147,7 +148,7 @@ def test_a_killed_run_loses_only_its_requests_in_flight_and_resumes_exactly(
 
     assert annotate.main(argv) == 0  # nothing left: no request, no change
     assert "200 of 200 examples already annotated" in capsys.readouterr().err
-    assert annotations.read_bytes() == (whole / annotate.annotations_file("test")).read_bytes()
+    assert annotations.read_bytes() == (whole / annotations_file("test")).read_bytes()
 
 
 # SVAMP-style samples: equations with values 6, 4, 4, 6, 4 (3 agree by value, not by text;
@@ -182,7 +183,7 @@ def test_self_consistency_votes_and_keeps_the_agreeing_rationales(tmp_path, keep
     with FakeOpenAI(dict.fromkeys(questions, outputs)) as server:
         server_flags = [f"--base_url={server.base_url}", f"--model={MODEL}"]
         assert annotate.main(argv + server_flags) == 0
-    rows = read_jsonl(tmp_path / "out" / annotate.annotations_file("test"))
+    rows = read_jsonl(tmp_path / "out" / annotations_file("test"))
     assert [row["id"] for row in rows] == list(range(1, 11))  # line numbers: svamp has no ids
     for row, gold in zip(rows, golds, strict=True):
         assert row["outputs"] == outputs and row["labels"] == SAMPLES
@@ -232,7 +233,7 @@ def test_a_refused_key_stops_early_with_a_clear_message(problems, tmp_path, caps
     err = capsys.readouterr().err
     assert "stopped:" in err and "HTTP 401" in err and "$OPENAI_API_KEY, which is set" in err
     assert len(server.received) <= 8  # the first requests in flight, then nothing
-    assert (tmp_path / "out" / annotate.annotations_file("test")).read_bytes() == b""
+    assert (tmp_path / "out" / annotations_file("test")).read_bytes() == b""
 
 
 def test_failed_examples_are_not_written_and_a_rerun_retries_them(problems, tmp_path, capsys):
@@ -242,13 +243,13 @@ def test_failed_examples_are_not_written_and_a_rerun_retries_them(problems, tmp_
     with FakeOpenAI(responses(examples), faults=failing, fault_attempts=3) as server:
         assert annotate.main(flags(server, input_path, output_dir, "--max_retries=1")) == 1
         assert "2 of 12 examples not annotated" in capsys.readouterr().err
-        ids = [row["id"] for row in read_jsonl(output_dir / annotate.annotations_file("test"))]
+        ids = [row["id"] for row in read_jsonl(output_dir / annotations_file("test"))]
         assert ids == [e.id for i, e in enumerate(examples) if i not in (4, 9)]
         assert not (output_dir / "synthetic").exists()  # only once every example is done
         assert manifest(output_dir)["counts"]["unannotated"] == 2
 
         assert annotate.main(flags(server, input_path, output_dir)) == 0
-    ids = [row["id"] for row in read_jsonl(output_dir / annotate.annotations_file("test"))]
+    ids = [row["id"] for row in read_jsonl(output_dir / annotations_file("test"))]
     assert ids == [e.id for e in examples]  # rewritten in input order
     assert manifest(output_dir)["counts"]["annotated"] == 12
 
@@ -260,7 +261,7 @@ def test_rows_of_another_fingerprint_stay_but_do_not_count(problems, tmp_path, c
         assert annotate.main(flags(server, input_path, output_dir)) == 0
         assert annotate.main(flags(server, input_path, output_dir, "--max_tokens=64")) == 0
     assert "8 rows of annotations_test.jsonl have another fingerprint" in capsys.readouterr().err
-    rows = read_jsonl(output_dir / annotate.annotations_file("test"))
+    rows = read_jsonl(output_dir / annotations_file("test"))
     assert len(rows) == 16 and len({row["fingerprint"] for row in rows}) == 2
     assert manifest(output_dir)["counts"]["other_fingerprint_rows"] == 8
     assert manifest(output_dir)["teacher"]["max_tokens"] == 64
@@ -282,7 +283,7 @@ def test_bad_input_lines_are_named_and_skipped(problems, tmp_path, capsys):
     assert f"{input_path}:6: duplicate id '{examples[0].id}'" in err
     assert "skipped 3 bad lines" in err
     kept = [examples[i] for i in (0, 2, 4, 5)]
-    rows = read_jsonl(tmp_path / "out" / annotate.annotations_file("test"))
+    rows = read_jsonl(tmp_path / "out" / annotations_file("test"))
     assert [row["id"] for row in rows] == [e.id for e in kept]
     written = release.read_split(tmp_path / "out", "synthetic", "test")
     assert [e.id for e in written] == [e.id for e in kept]
@@ -330,9 +331,9 @@ def test_majority_clusters_by_the_rule_and_breaks_ties_by_first():
 
 
 def test_keep_all_keeps_every_parsed_output():
-    example = annotate.Example("q", "question", gold="3")
+    example = annotating.Example("q", "question", gold="3")
     outputs = ["x. So the answer is 3.", "unparsable", "y. So the answer is 4."]
-    row = annotate.annotation(example, outputs, "synthetic", "all", "f")
+    row = annotating.Vote("synthetic", "all").row(example, outputs, "f")
     assert row["labels"] == ["3", None, "4"] and row["kept"] == [0, 2]
     assert row["rationale"] == "x." and row["label"] == "3"
 
@@ -345,7 +346,7 @@ def test_changing_keep_recomputes_the_rows_without_asking_again(problems, tmp_pa
         asked = len(server.received)
         assert annotate.main(flags(server, input_path, output_dir, "--keep=gold")) == 0
         assert len(server.received) == asked
-    rows = read_jsonl(output_dir / annotate.annotations_file("test"))
+    rows = read_jsonl(output_dir / annotations_file("test"))
     assert len(rows) == 10
     assert [row["label"] for row in rows] == [str(e.problem.answer) for e in examples]
 
@@ -368,7 +369,7 @@ def test_an_edited_input_file_is_annotated_again_where_it_changed(problems, tmp_
         assert annotate.main(argv) == 0
         write_rows(input_path, [rows[5], *rows[1:3]])  # line 1 now holds another problem
         assert annotate.main(argv) == 0
-    written = read_jsonl(output_dir / annotate.annotations_file("test"))
+    written = read_jsonl(output_dir / annotations_file("test"))
     assert [(r["id"], r["input"]) for r in written[:3]] == [
         (1, rows[5]["input"]),
         (2, rows[1]["input"]),
@@ -394,14 +395,14 @@ def test_validation_of_a_dataset_without_a_validation_file_is_refused(tmp_path, 
 
 def test_the_fingerprint_follows_teacher_prompt_and_settings():
     teacher = {"model": "m", "temperature": 0.0}
-    base = annotate.fingerprint(teacher, "abc", 1)
-    assert len(base) == 16 and base == annotate.fingerprint(
+    base = annotating.fingerprint(teacher, "abc", 1)
+    assert len(base) == 16 and base == annotating.fingerprint(
         dict(reversed(teacher.items())), "abc", 1
     )
     changed = [
-        annotate.fingerprint({**teacher, "temperature": 0.5}, "abc", 1),
-        annotate.fingerprint(teacher, "abd", 1),
-        annotate.fingerprint(teacher, "abc", 5),
+        annotating.fingerprint({**teacher, "temperature": 0.5}, "abc", 1),
+        annotating.fingerprint(teacher, "abd", 1),
+        annotating.fingerprint(teacher, "abc", 5),
     ]
     assert base not in changed and len(set(changed)) == 3
 
@@ -434,15 +435,15 @@ def test_tfds_input_in_order_with_gold_and_no_release_layout(tfds_data_dir, tmp_
         assert annotate.main(argv) == 0
         missing = argv[:1] + [f"--data_dir={tmp_path / 'empty'}"] + argv[2:]
         assert annotate.main(missing) == 2
-    written = read_jsonl(output_dir / annotate.annotations_file("validation"))
+    written = read_jsonl(output_dir / annotations_file("validation"))
     assert [r["id"] for r in written] == [row["id"].decode() for row in rows]
     assert [r["gold"] for r in written] == [row["label"].decode() for row in rows]
     assert [r["outputs"] for r in written] == [[row["teacher_output"].decode()] for row in rows]
     parsed = np.array([bool(row["teacher_parsed"]) for row in rows])
     assert manifest(output_dir, "validation")["counts"]["parse_failures"] == int((~parsed).sum())
     assert sorted(p.name for p in output_dir.iterdir()) == [
-        annotate.annotations_file("validation"),
-        annotate.manifest_file("validation"),
+        annotations_file("validation"),
+        manifest_file("validation"),
     ]
 
 
@@ -473,7 +474,7 @@ def test_the_seq2seq_backend_annotates_from_a_checkpoint(problems, small_vocabul
         f"--output_dir={output_dir}",
     ]
     assert annotate.main(argv) == 0
-    rows = read_jsonl(output_dir / annotate.annotations_file("test"))
+    rows = read_jsonl(output_dir / annotations_file("test"))
     assert [row["id"] for row in rows] == [e.id for e in examples]
     # The outputs are the teacher's own for these questions, in their order, unaltered.
     teacher = Seq2SeqTeacher(
@@ -490,7 +491,7 @@ def test_the_seq2seq_backend_annotates_from_a_checkpoint(problems, small_vocabul
     record = manifest(output_dir)
     assert record["teacher"]["backend"] == "seq2seq" and record["client"] is None
     llm = json.loads((output_dir / "synthetic" / "llm" / "test_CoT_0.json").read_text())
-    assert llm == [annotate.release_output(row) for row in rows]
+    assert llm == [release_output(row) for row in rows]
 
 
 def test_import_needs_no_tensorflow_or_jax():

@@ -62,14 +62,14 @@ def test_help_lists_every_macro_with_its_default(runs, binary):
 
 
 @pytest.mark.parametrize("binary", BINARIES)
-def test_help_explains_bindings_and_points_to_the_readme(runs, binary):
+def test_help_explains_bindings_and_points_to_its_docs_page(runs, binary):
     out = runs[binary].stdout
     words = " ".join(out.split())
     assert "--gin.NAME=VALUE binds a macro (below) or any configurable's parameter" in words
     assert "VALUE is in gin syntax: a string keeps gin's quotes" in words
     assert f"macros of {BINARIES[binary].removeprefix('gin/')}" in out
-    section = re.search(r'README\.md, "([^"]+)"', out)
-    assert section and f"\n## {section[1]}\n" in (ROOT / "README.md").read_text()
+    page, title = re.search(r'(docs/\w+\.md), "([^"]+)"', out).groups()
+    assert (ROOT / page).read_text().startswith(f"# {title}\n")
 
 
 def test_train_help_shows_the_binding_forms_and_comments(runs):

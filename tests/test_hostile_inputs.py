@@ -1,6 +1,6 @@
 """Every installed binary, driven through a table of inputs a user gets wrong: each ends with
 one line that names the file, key or flag and what was expected, and the exit status the
-README gives (2: change the command or its inputs; 1: the work itself failed). No
+docs/concepts.md gives (2: change the command or its inputs; 1: the work itself failed). No
 traceback reaches the user. Cases run side by side, as subprocesses of the installed
 commands, so that the table costs about one command's start-up per core."""
 

@@ -19,6 +19,7 @@ from dsbs_jax.data import builders, release, teacher_outputs
 from dsbs_jax.data.builders.jsonl import make_builder
 from dsbs_jax.data.jsonl_dataset import JsonlLayout, read_dataset
 from dsbs_jax.gin_utils import ConfigError
+from dsbs_jax.teacher import annotating
 from tasks import registry
 from tasks.jsonl import jsonl_dataset
 
@@ -147,8 +148,8 @@ def test_raw_teacher_outputs_need_a_registered_answer_format(tmp_path):
 
 def annotation_row(row: dict, number: int, outputs: list[str], key: str = "run") -> dict:
     """The row dsbs-annotate writes for a JSONL row without an id field (its line number)."""
-    example = annotate.Example(number, row["body"], row["queue"])
-    return annotate.annotation(example, outputs, NAME, "vote", key)
+    example = annotating.Example(number, row["body"], row["queue"])
+    return annotating.Vote(NAME).row(example, outputs, key)
 
 
 def test_annotations_from_dsbs_annotate_join_by_id(tmp_path):

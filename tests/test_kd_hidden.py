@@ -10,8 +10,8 @@ from test_trainer import _batch
 
 from dsbs_jax import optimizers, partitioning
 from dsbs_jax.checkpointing import TrainCheckpoints
+from dsbs_jax.distill import HIDDEN, Distillation, layer_spec
 from dsbs_jax.models import T5
-from dsbs_jax.trainer import HIDDEN, Distillation, layer_spec
 
 # Student: 2 + 2 layers of width 16; TEACHER: 2 + 3 layers of width 24.
 PAIRS = (("encoder:-1", "encoder:1"), ("decoder:0", "decoder:-1"))
@@ -105,7 +105,7 @@ def test_the_projection_learns_and_the_hidden_term_falls():
     )
     state = trainer.create_state(seed=0)
     initial = jax.device_get(state.projections)
-    teacher = trainer.place_teacher(_teacher_params())
+    teacher = trainer.distiller.place_teacher(_teacher_params())
     history = []
     for step in range(30):
         batch = {t: b for t, b in _batch(seed=step % 4).items() if t in trainer.task_weights}
@@ -138,7 +138,7 @@ def test_two_microbatches_give_the_full_batch_hidden_term_and_update():
 def test_projections_and_their_optimiser_state_survive_a_checkpoint(tmp_path):
     trainer = _trainer(_hidden(), optimizer=optimizers.adamw(10, 1e-3))
     state = trainer.create_state(seed=0)
-    teacher = trainer.place_teacher(_teacher_params())
+    teacher = trainer.distiller.place_teacher(_teacher_params())
     batch = partitioning.global_batch(trainer.mesh, _batch())
     state, _ = trainer.run_train_step(state, batch, teacher)
     saved = TrainCheckpoints(tmp_path)

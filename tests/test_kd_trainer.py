@@ -12,8 +12,9 @@ from test_trainer import _batch, _sgd
 from tiny import tiny_config
 
 from dsbs_jax import losses, optimizers, partitioning
+from dsbs_jax.distill import TOPK_IDS, TOPK_LOGPROBS, Distillation
 from dsbs_jax.models import T5
-from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS, Distillation, Trainer
+from dsbs_jax.trainer import Trainer
 
 CONFIG = tiny_config()
 # Another shape, the same vocabulary: what a larger same-family teacher looks like.
@@ -42,7 +43,7 @@ def _run(trainer, teacher_params, steps=1, batches=None):
     """`steps` steps from seed 0: parameters before and after, and each step's metrics."""
     state = trainer.create_state(seed=0)
     before = jax.device_get(state.params)
-    teacher = None if teacher_params is None else trainer.place_teacher(teacher_params)
+    teacher = None if teacher_params is None else trainer.distiller.place_teacher(teacher_params)
     history = []
     for step in range(steps):
         batch = (batches or [_batch(seed=s) for s in range(steps)])[step]
@@ -112,7 +113,7 @@ def test_a_teacher_that_is_the_student_adds_no_loss_and_no_gradient():
     # The step's FLOP count includes the teacher's forward pass.
     batch = partitioning.global_batch(plain.mesh, _batch())
     state = with_teacher.create_state(seed=0)
-    teacher = with_teacher.place_teacher(student)
+    teacher = with_teacher.distiller.place_teacher(student)
     assert with_teacher.flops_per_step(state, batch, teacher) > plain.flops_per_step(state, batch)
 
 
@@ -157,7 +158,7 @@ def test_a_distilling_step_on_a_sharded_mesh_matches_one_device(
     # By default the teacher is placed by its own logical axes, in bfloat16: split over
     # the model axis and, like the student, over fsdp.
     trainer = _trainer(Distillation(TEACHER, 0.5), mesh=sharded)
-    teacher = trainer.place_teacher(teacher_params)
+    teacher = trainer.distiller.place_teacher(teacher_params)
     wi = teacher["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
     assert wi.dtype == jax.numpy.bfloat16
     assert wi.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
@@ -178,7 +179,7 @@ def test_a_teacher_with_another_vocabulary_or_bad_options_is_refused():
     with pytest.raises(ValueError, match="pass teacher_params"):
         _run(trainer, None)
     with pytest.raises(ValueError, match="teacher: parameter"):
-        trainer.place_teacher(_teacher_params(CONFIG))
+        trainer.distiller.place_teacher(_teacher_params(CONFIG))
 
 
 def test_distilling_alone_moves_the_student_towards_the_teacher():

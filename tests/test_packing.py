@@ -13,8 +13,9 @@ from tiny import tiny_config
 from dsbs_jax import losses, partitioning
 from dsbs_jax.data import packing
 from dsbs_jax.data.packing import RowShape
+from dsbs_jax.distill import TOPK_IDS, TOPK_LOGPROBS, Distillation
 from dsbs_jax.models import T5
-from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS, Distillation, Trainer
+from dsbs_jax.trainer import Trainer
 
 CONFIG = tiny_config()
 
@@ -184,7 +185,7 @@ def _step(mode, batch, microbatches=1, distillation=None, teacher=None):
     state = trainer.create_state(seed=0)
     before = jax.device_get(state.params)
     batch = partitioning.global_batch(mesh, {task: batch[task] for task in weights})
-    placed = None if teacher is None else trainer.place_teacher(teacher)
+    placed = None if teacher is None else trainer.distiller.place_teacher(teacher)
     state, metrics = trainer.run_train_step(state, batch, placed)
     grads = jax.tree.map(np.subtract, before, jax.device_get(state.params))  # SGD, rate 1
     return jax.device_get(metrics), grads

@@ -1,4 +1,5 @@
-"""The README's commands and code, run as written (the install step is CI's own)."""
+"""The commands and code of README and the docs pages, run as written, in reading order
+(each page's commands build on the ones before; the install step is CI's own)."""
 
 import collections
 import csv
@@ -19,7 +20,9 @@ from rouge_score import rouge_scorer
 from dsbs_jax import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+# README's table of docs pages, in its order: the order their commands run in.
+DOCS = re.findall(r"^\| \[(docs/\w+\.md)\]", (ROOT / "README.md").read_text(), re.M)
+README = "\n".join((ROOT / page).read_text() for page in ["README.md", *DOCS])
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 # A binary (after environment settings such as PYTHONPATH=...), or a shell line making files.
 TOOL = re.compile(r"(?:[A-Z_]+=\S+ )*\.venv/bin/dsbs-")
@@ -301,3 +304,10 @@ def test_python_blocks_run(index, tmp_path):
 
 def test_the_readme_has_commands_to_run():
     assert len(TOOL_COMMANDS) >= 3 and len(PYTHON_BLOCKS) >= 3 and SH_COMMANDS
+
+
+def test_readme_lists_every_docs_page_and_each_page_says_what_it_is():
+    assert sorted(DOCS) == sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))
+    for page in DOCS:
+        text = (ROOT / page).read_text()
+        assert text.startswith("# "), page

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import runs
 
-from dsbs_jax import checkpoints, train
+from dsbs_jax import checkpoints, run_tasks, train
 from dsbs_jax.writers import read_scalars
 
 
@@ -270,7 +270,7 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
 
 def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tasks):
     lengths = {"inputs": 64, "label": 6, "rationale": 80}
-    sides = train.task_lengths(
+    sides = run_tasks.task_lengths(
         "dsbs", "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale", lengths
     )
 

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from etils import epath
 
 from dsbs_jax import jsonl
-from dsbs_jax.data import release, teacher_outputs
-from dsbs_jax.teacher import annotations
+from dsbs_jax.data import annotations, release, teacher_outputs
 
 # It names the TFDS dataset `dsbs_{name}`, the tasks and the manual dir's folder.
 NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 from array_record.python import array_record_data_source, array_record_module
 
+from dsbs_jax.distill import TOPK_IDS, TOPK_LOGPROBS
 from dsbs_jax.files import is_remote, swap_in, write_atomically
-from dsbs_jax.trainer import TOPK_IDS, TOPK_LOGPROBS
 
 METADATA, HASHES, RECORDS = "topk.json", "hashes.npy", "topk.array_record"
 RECORDS_PER_SHARD = 10_000

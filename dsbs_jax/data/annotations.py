@@ -3,6 +3,8 @@
 `annotations_{split}.jsonl` holds one row per annotated example: its id, input and gold
 label, a fingerprint of the teacher, prompt and samples, the raw outputs, their parsed
 labels, the vote, the kept outputs and the rationale and label chosen.
+The format lives with the data, which reads it (the JSONL builder); the teacher that
+writes it imports it from here, so the teacher sits above the data and never below it.
 """
 
 # The keys every row has, whatever became of its outputs.

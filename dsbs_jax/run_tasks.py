@@ -1,0 +1,70 @@
+"""The tasks a run trains on or evaluates, checked before any work: which tasks a mode
+reads with which feature lengths, that each is registered and its data prepared, and that
+the splits asked for exist. `dsbs-train` and `dsbs-eval` both start here."""
+
+from collections.abc import Mapping, Sequence
+
+import seqio
+
+from dsbs_jax import losses
+from dsbs_jax.gin_utils import ConfigError
+
+Lengths = Mapping[str, int]
+
+
+def task_lengths(
+    mode: str, label_task: str, rationale_task: str | None, feature_lengths: Lengths
+) -> dict[str, tuple[str, dict[str, int]]]:
+    """`{side: (task, {'inputs': n, 'targets': m})}` for the tasks `mode` trains on.
+    TASK_FEATURE_LENGTHS names `inputs` and each side's targets: `label`, `rationale`."""
+    sides = {losses.LABEL: label_task}
+    if mode == "dsbs":
+        if not rationale_task:
+            raise ConfigError("MODE 'dsbs' needs RATIONALE_TASK (a rationale task or mixture)")
+        sides[losses.RATIONALE] = rationale_task
+    result = {}
+    for side, name in sides.items():
+        try:
+            seqio.get_mixture_or_task(name)
+        except ValueError as error:
+            raise ConfigError(f"{side} task {name!r} is not registered ({error})") from None
+        check_prepared(name)
+        missing = {"inputs", side} - set(feature_lengths)
+        if missing:
+            raise ConfigError(
+                f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} lacks {sorted(missing)}: give "
+                f"'inputs' and the target length of each task ({', '.join(sides)})"
+            )
+        result[side] = (
+            name,
+            {"inputs": feature_lengths["inputs"], "targets": feature_lengths[side]},
+        )
+    return result
+
+
+def check_prepared(task_name: str) -> None:
+    """Every task of `task_name` finds its dataset: otherwise SeqIO only says, at the first
+    batch, that the task "has no splits"."""
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name)):
+        if task.source.splits:
+            continue
+        source = getattr(task.source, "tfds_dataset", None)
+        if source is None:
+            raise ConfigError(f"task {task.name}: its data source has no splits")
+        dataset = source.name.split(":")[0]
+        raise ConfigError(
+            f"task {task.name}: TFDS dataset {dataset} is not in DATA_DIR "
+            f"{source.data_dir or '(TFDS default)'}: build it there with dsbs-prepare "
+            f"--dataset {dataset.removeprefix('dsbs_')} --data_dir DATA_DIR"
+        )
+
+
+def check_splits(task_name: str, splits: Sequence[str]) -> None:
+    """Every final evaluation split must exist for some task of `task_name` with metrics."""
+    tasks = seqio.get_subtasks(seqio.get_mixture_or_task(task_name))
+    for split in splits:
+        if not any(task.metric_fns and split in task.splits for task in tasks):
+            raise ConfigError(
+                f"train.final_eval_splits has {split!r}, which no task of {task_name} with "
+                "metrics has"
+            )
