@@ -519,10 +519,19 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     topk.add_argument("--save_topk", type=int, metavar="K", help="score tasks' targets instead")
     topk.add_argument("--tasks", help="comma-separated SeqIO tasks whose targets to score")
     topk.add_argument("--task_module", action="append", help="a module adding tasks (repeatable)")
+    topk.add_argument(
+        "--train_fraction",
+        type=float,
+        default=1.0,
+        help="score only the training subsample of runs with this TRAIN_FRACTION (and --seed "
+        "as their SEED, default 0)",
+    )
     console.setup(parser, argv)
     args = parser.parse_args(argv)
     if args.save_topk is not None and args.save_topk < 1:
         parser.error("--save_topk must be at least 1")
+    if not 0 < args.train_fraction <= 1:
+        parser.error(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if args.save_topk is None and not (args.input and args.prompt):
         parser.error("--input and --prompt are required (unless --save_topk)")
     for name in (

@@ -3,7 +3,7 @@
     dsbs-annotate --save_topk K --tasks TASK[,TASK...] --backend seq2seq --checkpoint PATH
         --split train --output_dir DIR [--data_dir DIR] [--vocabulary SPM]
         [--task_module MODULE ...] [--max_input_length 1024] [--max_tokens 256]
-        [--batch_size 8] [--model_parallelism 1]
+        [--batch_size 8] [--model_parallelism 1] [--train_fraction F [--seed S]]
 
 For each task, the teacher is run teacher-forced on the task's own examples (its inputs,
 with their "predict: " or "explain: " prefix, and its targets: labels or rationales, as the
@@ -11,7 +11,10 @@ student will train on them) and its k most likely tokens and their log-probabili
 each target position go to `DIR/topk/{task}/{split}/` (`dsbs_jax.data.topk_store`).
 Training reads them with `TEACHER_TOPK_DIR = 'DIR/topk'`, the teacher out of memory. Runs
 that use `--max_input_length` as their inputs length and at most `--max_tokens` as their
-targets length can read the store.
+targets length can read the store. With `--train_fraction F` (and `--seed S`), only the
+training subsample of a run with TRAIN_FRACTION F and SEED S is scored, F of the cost: the
+subsets of one seed are nested, so the store serves the runs of that seed with fractions
+up to F, and refuses the others before they train.
 """
 
 import argparse
@@ -19,7 +22,7 @@ import argparse
 import numpy as np
 
 from dsbs_jax import cli, files, progress
-from dsbs_jax.data import pairing, topk_store
+from dsbs_jax.data import pairing, sources, topk_store
 
 TOPK_DIR = "topk"
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         registry.register(
             args.data_dir,
             args.vocabulary or registry.DEFAULT_VOCABULARY,
+            args.train_fraction,
+            args.seed or 0,
             modules=args.task_module or (),
         )
         for task_name in task_names:
@@ -83,4 +88,5 @@ def score_task(scorer, examples, root: str, task: str, split: str, lengths, teac
             writer.add(example_hash, targets, ids[row, :length], logprobs[row, :length])
         done += len(lengths_of_targets)
         counter.update(done, force=done == total)
-    return writer.close(scorer.k, lengths, scorer.config.vocab_size, teacher)
+    subsample = sources.subsample(task) if split == "train" else (1.0, 0)
+    return writer.close(scorer.k, lengths, scorer.config.vocab_size, teacher, *subsample)

@@ -282,8 +282,8 @@ def topk_sides(
     vocab_size: int,
 ) -> dict[str, str]:
     """`{side: TEACHER_TOPK_DIR}` for the distilled sides, each store checked against the
-    run's task, lengths and vocabulary before training starts. Stores are read into paired
-    batches, so every side must be a task."""
+    run's task, lengths, vocabulary and training subsample before training starts. Stores
+    are read into paired batches, so every side must be a task."""
     from dsbs_jax.data import topk_store
 
     for task_name, _ in sides.values():
@@ -294,7 +294,8 @@ def topk_sides(
     for side in kd_sides:
         task_name, lengths = sides[side]
         try:
-            topk_store.Store(teacher_topk_dir, task_name, TRAIN).check_fits(lengths, vocab_size)
+            store = topk_store.Store(teacher_topk_dir, task_name, TRAIN)
+            store.check_fits(lengths, vocab_size, *sources.subsample(task_name))
         except topk_store.StoreError as error:
             raise ConfigError(f"TEACHER_TOPK_DIR: {error}") from None
     return {side: teacher_topk_dir for side in kd_sides}

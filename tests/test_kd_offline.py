@@ -13,6 +13,8 @@ TASKS = "dsbs_synthetic_label_llm,dsbs_synthetic_rationale"
 LENGTHS = ["--max_input_length", "64", "--max_tokens", "80"]  # the quickstart's inputs, rationales
 VOCAB = 256  # the synthetic task's own vocabulary; k = VOCAB keeps every token
 STEPS = 60
+# The students train on a tenth of the training set, and the store scores only that tenth.
+FRACTION = "0.1"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,7 @@ def _annotate(output_dir, tfds_data_dir, teacher, k, *extra):
     flags = ["--save_topk", str(k), "--tasks", TASKS, "--backend", "seq2seq"]
     flags += ["--checkpoint", str(teacher), "--split", "train", "--output_dir", str(output_dir)]
     flags += ["--data_dir", str(tfds_data_dir), "--batch_size", "16", *LENGTHS, *extra]
+    flags += ["--train_fraction", FRACTION]
     return runs.run(flags, binary="annotate")
 
 
@@ -52,7 +55,12 @@ def test_the_store_holds_the_teachers_own_top_k_for_the_tasks_targets(
     for task in TASKS.split(","):
         saved = topk_store.Store(str(store), task, "train")
         assert saved.metadata.k == VOCAB and saved.metadata.lengths == lengths
-        examples = pairing.task_examples(task, "train", lengths).take(4).batch(4)
+        assert (saved.metadata.train_fraction, saved.metadata.subsample_seed) == (0.1, 0)
+        scored = tf.constant(saved.hashes)
+        every = pairing.task_examples(task, "train", lengths)  # the whole split is registered
+        assert 0.08 < saved.metadata.examples / int(every.reduce(0, lambda n, _: n + 1)) < 0.12
+        examples = every.filter(lambda ex, s=scored: tf.reduce_any(ex["example_hash"][0] == s))
+        examples = examples.take(4).batch(4)
         batch = next(examples.as_numpy_iterator())
         logits = T5(config).apply(
             {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
@@ -77,6 +85,7 @@ def test_the_store_holds_the_teachers_own_top_k_for_the_tasks_targets(
 
 def _distil(model_dir, tfds_data_dir, *teacher_flags):
     flags = ["--gin.KD_WEIGHT=1.0", "--gin.KD_TEMPERATURE=2.0", "--gin.CHECKPOINT_PERIOD=1000"]
+    flags.append(f"--gin.TRAIN_FRACTION={FRACTION}")
     runs.run(runs.flags(model_dir, tfds_data_dir, STEPS, *flags, *teacher_flags))
     return {tag: read_scalars(model_dir / "train", tag) for tag in ("loss", "loss/kd")}
 
@@ -103,6 +112,23 @@ def test_offline_top_k_gives_the_online_teachers_loss_curve(
     # The student moves towards the teacher: its KL falls.
     kd = [online["loss/kd"][s] for s in range(1, STEPS + 1)]
     assert np.mean(kd[-5:]) < 0.5 * np.mean(kd[:3]), kd
+
+
+def test_a_run_on_more_than_the_scored_subsample_is_refused_before_training(
+    store, tmp_path, tfds_data_dir
+):
+    import subprocess
+
+    flags = runs.flags(tmp_path, tfds_data_dir, STEPS, "--gin.KD_WEIGHT=1.0")
+    flags += [f"--gin.TEACHER_TOPK_DIR='{store}'", "--gin.TRAIN_FRACTION=0.2"]
+    result = subprocess.run(
+        runs.command(flags), cwd=runs.ROOT, env=runs.environment(), capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "TRAIN_FRACTION 0.2 and SEED 0 (the store scored the subsample of fraction 0.1" in (
+        result.stderr
+    )
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_save_topk_refuses_what_it_cannot_score(tmp_path, tfds_data_dir):

@@ -146,5 +146,22 @@ def test_a_store_is_whole_or_absent_and_refuses_runs_it_does_not_fit(tmp_path):
         with pytest.raises(StoreError, match=message):
             store.check_fits(lengths, vocab)
     assert topk_store.store_dir("root", "t", "s") == "root/t/s"
+    store.check_fits({"inputs": 8, "targets": 5}, VOCAB, 0.3, 7)  # all scored: any subsample
     with pytest.raises(StoreError, match="gs://b/topk: top-k stores are read and written on"):
         Store("gs://b/topk", "task_a", "train")
+
+
+def test_a_store_of_a_training_subsample_serves_the_runs_it_scored(tmp_path):
+    """Subsets of one seed are nested: a store of fraction 0.5, seed 3 covers that seed's
+    runs of fraction up to 0.5, and no other."""
+    writer = StoreWriter(str(tmp_path), "task_a", "train")
+    for record in _records(2):
+        writer.add(*record)
+    writer.close(K, LENGTHS, VOCAB, TEACHER, 0.5, 3)
+    store = Store(str(tmp_path), "task_a", "train")
+    assert (store.metadata.train_fraction, store.metadata.subsample_seed) == (0.5, 3)
+    for fraction in (0.5, 0.25):
+        store.check_fits(LENGTHS, VOCAB, fraction, 3)
+    for fraction, seed in ((1.0, 3), (0.6, 3), (0.5, 0)):
+        with pytest.raises(StoreError, match=f"TRAIN_FRACTION {fraction} and SEED {seed} "):
+            store.check_fits(LENGTHS, VOCAB, fraction, seed)

@@ -69,6 +69,13 @@ class DsbsSource(seqio.TfdsDataSource):
         return dataset
 
 
+def subsample(task_name: str) -> tuple[float, int]:
+    """The training subsample a registered task reads: its train fraction and subsample
+    seed (1.0 and 0 for a source that does not subsample)."""
+    source = seqio.get_mixture_or_task(task_name).source
+    return getattr(source, "train_fraction", 1.0), getattr(source, "subsample_seed", 0)
+
+
 # What a prepared TFDS folder says of its content (not its TFRecords: their bytes differ
 # between two builds of the same rows). Ours hold a digest of every example in metadata.json.
 DESCRIPTIONS = ("dataset_info.json", "features.json", "metadata.json")

@@ -67,6 +67,10 @@ class Metadata:
     shards: int
     teacher: Mapping
     format: int = 1
+    # The training subsample scored (`--train_fraction`, TRAIN_FRACTION and SEED): the
+    # subsets are nested, so a store covers the runs of this seed with at most its fraction.
+    train_fraction: float = 1.0
+    subsample_seed: int = 0
 
 
 class StoreWriter:
@@ -116,7 +120,15 @@ class StoreWriter:
         self._writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
         self.shard_paths.append(path)
 
-    def close(self, k: int, lengths: Mapping[str, int], vocab_size: int, teacher: Mapping) -> str:
+    def close(
+        self,
+        k: int,
+        lengths: Mapping[str, int],
+        vocab_size: int,
+        teacher: Mapping,
+        train_fraction: float = 1.0,
+        subsample_seed: int = 0,
+    ) -> str:
         if self._writer is not None:
             self._writer.close()
         count = len(self.shard_paths)
@@ -125,7 +137,7 @@ class StoreWriter:
         np.save(os.path.join(self.partial, HASHES), np.asarray(self.hashes, np.int64))
         metadata = Metadata(
             self.task, self.split, k, dict(lengths), vocab_size, len(self.hashes), count, teacher,
-            format=FORMAT,
+            format=FORMAT, train_fraction=train_fraction, subsample_seed=subsample_seed,
         )  # fmt: skip
         write_atomically(
             os.path.join(self.partial, METADATA), json.dumps(dataclasses.asdict(metadata), indent=2)
@@ -162,10 +174,25 @@ class Store:
         paths = [os.path.join(self.path, f"{RECORDS}-{i:05d}-of-{count:05d}") for i in range(count)]
         self.records = array_record_data_source.ArrayRecordDataSource(paths)
 
-    def check_fits(self, lengths: Mapping[str, int], vocab_size: int) -> None:
-        """Refuse a run whose targets this store cannot cover, or another vocabulary."""
-        stored = self.metadata.lengths
+    def check_fits(
+        self,
+        lengths: Mapping[str, int],
+        vocab_size: int,
+        train_fraction: float = 1.0,
+        subsample_seed: int = 0,
+    ) -> None:
+        """Refuse a run whose targets this store cannot cover, another vocabulary, or a
+        training subsample it did not score (a larger fraction, or another seed's)."""
+        stored, metadata = self.metadata.lengths, self.metadata
         problems = []
+        if metadata.train_fraction < 1 and (
+            train_fraction > metadata.train_fraction or subsample_seed != metadata.subsample_seed
+        ):
+            problems.append(
+                f"TRAIN_FRACTION {train_fraction} and SEED {subsample_seed} (the store scored "
+                f"the subsample of fraction {metadata.train_fraction}, seed "
+                f"{metadata.subsample_seed}: at most that fraction of that seed)"
+            )
         if lengths["inputs"] != stored["inputs"]:
             problems.append(f"inputs length {lengths['inputs']} (the store's: {stored['inputs']})")
         if lengths["targets"] > stored["targets"]:
