@@ -146,4 +146,6 @@ def test_save_topk_refuses_what_it_cannot_score(tmp_path, tfds_data_dir):
     seq2seq = [*base, "--backend", "seq2seq", "--checkpoint", str(tmp_path / "none")]
     assert "needs --tasks" in refused(*seq2seq)
     assert "--save_topk must be at least 1" in refused(*seq2seq[:1], "0", *seq2seq[2:])
+    fraction = refused(*seq2seq, "--tasks", TASKS, "--train_fraction", "0")
+    assert "--train_fraction must be in (0, 1], got 0.0" in fraction
     assert "--input and --prompt are required" in refused("--split", "train", "--output_dir", "x")
