@@ -207,9 +207,9 @@ class Trainer:
         )
 
     def _normalizers(self, batch: Batch) -> dict[str, jax.Array]:
-        """Each term's divisor over the whole batch: its tokens (the KL's: those of all its
-        tasks; the hidden term's: those of every layer pair's side in them), or T5X's fixed
-        `loss_normalizing_factor` for every term."""
+        """Each term's divisor over the whole batch: its tokens (a task's target tokens; the
+        distiller's terms count their own), or T5X's fixed `loss_normalizing_factor` for
+        every term."""
         factor = self.loss_options.loss_normalizing_factor
         normalizers = {
             task: jnp.maximum(jnp.sum(batch[task]["decoder_loss_weights"].astype(jnp.float32)), 1)
