@@ -41,10 +41,9 @@ from dsbs_jax.data import sources, teacher_outputs
 from dsbs_jax.evaluation import TaskEvaluator
 from dsbs_jax.files import write_atomically
 from dsbs_jax.gin_utils import ConfigError
-from dsbs_jax.run_tasks import check_splits, task_lengths
+from dsbs_jax.run_tasks import Lengths, check_splits, task_lengths
 from dsbs_jax.writers import Summaries
 
-Lengths = Mapping[str, int]
 _T5X_STEP = re.compile(r"checkpoint_(\d+)$")
 
 

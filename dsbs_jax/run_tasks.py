@@ -2,14 +2,13 @@
 reads with which feature lengths, that each is registered and its data prepared, and that
 the splits asked for exist. `dsbs-train` and `dsbs-eval` both start here."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import seqio
 
 from dsbs_jax import losses
+from dsbs_jax.data.pairing import Lengths
 from dsbs_jax.gin_utils import ConfigError
-
-Lengths = Mapping[str, int]
 
 
 def task_lengths(

@@ -51,13 +51,12 @@ from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.models import T5Config
 from dsbs_jax.optimizers import Optimizer
 from dsbs_jax.progress import PEAK_FLOPS, Progress, Throughput, duration
-from dsbs_jax.run_tasks import check_splits, task_lengths
+from dsbs_jax.run_tasks import Lengths, check_splits, task_lengths
 from dsbs_jax.trainer import LossOptions, Trainer, TrainState
 from dsbs_jax.writers import Summaries, gin_bindings, import_wandb, read_scalars
 
 log = logging.getLogger(__name__)
 
-Lengths = Mapping[str, int]
 TRAIN, VALIDATION = "train", "validation"
 EVAL_DIR = "eval"  # the final evaluation's results, laid out as dsbs-eval's
 LENGTH_SCAN_EXAMPLES = 2000
