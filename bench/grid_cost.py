@@ -304,19 +304,19 @@ def stand_in_vocabulary(manual_dir: pathlib.Path, directory: pathlib.Path) -> st
 
 
 def scan_split(
-    sides: Mapping[str, tuple[str, Mapping[str, int]]], split: str, parsed_task: str
+    by_task: Mapping[str, tuple[str, Mapping[str, int]]], split: str, parsed_task: str
 ) -> dict[str, np.ndarray]:
-    """`train.check_lengths`' `[n, 2]` (inputs, targets) token lengths per side, from `split`:
+    """`train.check_lengths`' `[n, 2]` (inputs, targets) token lengths per task, from `split`:
     check_lengths itself for the training split (truncation allowed: `plan_rows` clips to
     the caps, as the trainer would), the same scan of another split otherwise, over the
     examples whose teacher output parsed (those of `parsed_task`, a rationale task), as the
-    training split's source keeps only those: so every side scans the same examples."""
+    training split's source keeps only those: so every task scans the same examples."""
     import seqio
 
     from dsbs_jax import train
 
     if split == train.TRAIN:
-        return train.check_lengths(sides, allow_truncation=True)
+        return train.check_lengths(by_task, allow_truncation=True)
 
     def examples(name: str) -> Iterator[dict]:
         task = seqio.get_mixture_or_task(name)
@@ -324,7 +324,7 @@ def scan_split(
 
     parsed = {example["id"] for example in examples(parsed_task)}
     scanned = {}
-    for side, (name, _) in sides.items():
+    for task, (name, _) in by_task.items():
         kept = (e for e in examples(name) if e["id"] in parsed)
         lengths = [
             (len(e["inputs"]), len(e["targets"]))
@@ -332,7 +332,7 @@ def scan_split(
         ]
         if not lengths:
             raise SystemExit(f"task {name!r} has no {split} examples with a parsed teacher output")
-        scanned[side] = np.array(lengths, np.int64)
+        scanned[task] = np.array(lengths, np.int64)
     return scanned
 
 
@@ -356,11 +356,10 @@ def packed_rows(
             for dataset in datasets:
                 prepare.build(dataset, manual_dir, directory / "tfds")
         vocabulary = stand_in_vocabulary(manual_dir, directory)
-        specs = [spec for spec in tasks.DATASETS if spec.name in datasets]
-        tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary, datasets=specs)
+        tasks.register(data_dir=str(directory / "tfds"), vocabulary_path=vocabulary, only=datasets)
         for run in runs:
             label, rationale = run.tasks
-            sides = run_tasks.task_lengths(
+            by_task = run_tasks.task_lengths(
                 run.shape.mode, label, rationale, dict(run.shape.lengths)
             )
             split = splits.setdefault(
@@ -372,19 +371,19 @@ def packed_rows(
             key = (
                 run.shape.batch,
                 split,
-                tuple((side, task, tuple(n.items())) for side, (task, n) in sides.items()),
+                tuple((task, name, tuple(n.items())) for task, (name, n) in by_task.items()),
             )
             if key not in plans:
-                scanned = scan_split(sides, split, task_name(run.dataset, "rationale"))
-                plans[key] = train.plan_packing(sides, scanned, run.shape.batch, 1, seed=0)
+                scanned = scan_split(by_task, split, task_name(run.dataset, "rationale"))
+                plans[key] = train.plan_packing(by_task, scanned, run.shape.batch, 1, seed=0)
                 longest = ", ".join(
-                    f"{side} {tuple(int(v) for v in scanned[side].max(axis=0))} of "
-                    f"{len(scanned[side])}"
-                    for side in sides
+                    f"{task} {tuple(int(v) for v in scanned[task].max(axis=0))} of "
+                    f"{len(scanned[task])}"
+                    for task in by_task
                 )
                 log(
                     f"{run.dataset} {run.method} ({split}, longest (inputs, targets) {longest}): "
-                    + train.describe_packing(plans[key], sides, run.shape.batch, 1)
+                    + train.describe_packing(plans[key], by_task, run.shape.batch, 1)
                 )
             rows[run] = plans[key]
     return rows, splits

@@ -44,9 +44,9 @@ import time
 from collections.abc import Sequence
 
 from dsbs_jax import cli, console, files, jsonl
-from dsbs_jax.data import release
+from dsbs_jax.data import datasets, release
 from dsbs_jax.data.annotations import annotations_file, manifest_file
-from dsbs_jax.data.jsonl_dataset import NAME
+from dsbs_jax.data.datasets import NAME
 from dsbs_jax.teacher import annotating, auto_prompt, confidence, prompts
 from dsbs_jax.teacher.annotating import KEEP, Example
 from dsbs_jax.teacher.backends import Teacher, TeacherError
@@ -112,9 +112,9 @@ def read_tfds(name: str, split: str, data_dir: str | None) -> list[Example]:
 
 @dataclasses.dataclass(frozen=True)
 class JsonlFields:
-    """How a JSONL row becomes an example: by a release spec, or by field names."""
+    """How a JSONL row becomes an example: by a dataset's declaration, or by field names."""
 
-    spec: release.DatasetSpec | None
+    spec: datasets.Dataset | None
     input_field: str = "input"
     label_field: str | None = None
     id_field: str | None = "id"
@@ -154,7 +154,7 @@ def read_jsonl(path: str, fields: JsonlFields) -> tuple[list[Example], list[str]
 
 def read_examples(
     args: argparse.Namespace,
-    spec: release.DatasetSpec | None,
+    spec: datasets.Dataset | None,
     source: str,
     split: str,
     flag: str = "--input",
@@ -173,10 +173,10 @@ def read_examples(
     raise cli.UsageError(f"{flag} {source}: expected tfds:NAME or jsonl:PATH")
 
 
-def dataset_spec(name: str, split: str) -> release.DatasetSpec:
-    """The release spec of `--dataset`; its release must have a file for `split`."""
+def dataset_spec(name: str, split: str) -> datasets.Dataset:
+    """The declared dataset `--dataset`; its release must have a file for `split`."""
     try:
-        spec = release.dataset_spec(name)
+        spec = datasets.get(name)
     except ValueError as error:
         raise cli.UsageError(f"--dataset: {error}") from None
     if split == "validation" and not spec.has_validation:
@@ -263,7 +263,7 @@ def task_name(args: argparse.Namespace) -> str:
 
 
 def prompt_and_teacher(
-    args: argparse.Namespace, spec: release.DatasetSpec | None
+    args: argparse.Namespace, spec: datasets.Dataset | None
 ) -> tuple[prompts.Prompt, Teacher]:
     """The prompt `--prompt` names, or the automatic one, and the teacher that asks with it."""
     if args.prompt != AUTO:
@@ -280,7 +280,7 @@ def prompt_and_teacher(
 
 def automatic_prompt(
     args: argparse.Namespace,
-    spec: release.DatasetSpec | None,
+    spec: datasets.Dataset | None,
     base: prompts.Prompt,
     teacher: Teacher,
 ) -> prompts.Prompt:

@@ -146,7 +146,7 @@ class _Job:
 
     def __init__(
         self,
-        sides: Mapping[str, tuple[str, Lengths]],
+        tasks: Mapping[str, tuple[str, Lengths]],
         output_dir: str,
         mesh: jax.sharding.Mesh,
         batch_size: int,
@@ -154,7 +154,7 @@ class _Job:
         decoding: Mapping,
         overwrite: bool = False,
     ):
-        self.sides, self.output_dir, self.mesh = sides, output_dir, mesh
+        self.tasks, self.output_dir, self.mesh = tasks, output_dir, mesh
         self.batch_size, self.num_examples, self.decoding = batch_size, num_examples, decoding
         self.overwrite = overwrite
         self.evaluators: dict[tuple[str, str], TaskEvaluator] = {}
@@ -165,32 +165,32 @@ class _Job:
         self.checkpoint_content = functools.cache(files.fingerprint)
         self.dataset_content = functools.cache(sources.dataset_fingerprint)
 
-    def _evaluator(self, side: str, split: str) -> TaskEvaluator:
-        if (side, split) not in self.evaluators:
-            name, lengths = self.sides[side]
-            self.evaluators[side, split] = TaskEvaluator(
+    def _evaluator(self, task: str, split: str) -> TaskEvaluator:
+        if (task, split) not in self.evaluators:
+            name, lengths = self.tasks[task]
+            self.evaluators[task, split] = TaskEvaluator(
                 name, split, lengths, self.batch_size, self.num_examples
             )
-        return self.evaluators[side, split]
+        return self.evaluators[task, split]
 
     def _metrics_path(self, task: str, split: str, step: int) -> epath.Path:
         return epath.Path(results.result_paths(self.output_dir, task, split, step)[1])
 
-    def _made_by(self, checkpoint: Checkpoint, side: str) -> dict:
-        name, lengths = self.sides[side]
+    def _made_by(self, checkpoint: Checkpoint, task: str) -> dict:
+        name, lengths = self.tasks[task]
         content, dataset = self.checkpoint_content(checkpoint.path), self.dataset_content(name)
         return results.made_by(
             checkpoint.path, content, dataset, self.decoding, lengths, self.num_examples
         )
 
-    def _finished(self, checkpoint: Checkpoint, split: str, sides: Sequence[str]) -> dict | None:
+    def _finished(self, checkpoint: Checkpoint, split: str, tasks: Sequence[str]) -> dict | None:
         """The saved metrics of every task, if all are on disk and were made as this job makes
         them. Raises `StaleResult` for one made otherwise, unless `overwrite` (then None)."""
         finished, complete = {}, True
-        for side in sides:
-            made_by = self._made_by(checkpoint, side)
-            for task in self._evaluator(side, split).task_names:
-                path = self._metrics_path(task, split, checkpoint.step)
+        for task in tasks:
+            made_by = self._made_by(checkpoint, task)
+            for task_name in self._evaluator(task, split).task_names:
+                path = self._metrics_path(task_name, split, checkpoint.step)
                 if not path.exists():
                     complete = False
                     continue
@@ -203,66 +203,68 @@ class _Job:
                         "give another EVAL_OUTPUT_DIR, or bind evaluate.overwrite=True to redo it"
                     )
                 complete = complete and not differences
-                finished[task] = saved["metrics"]
+                finished[task_name] = saved["metrics"]
         return finished if complete else None
 
     def check(self, checkpoints: Sequence[Checkpoint], splits: Sequence[str]) -> None:
         """Refuse before any work if a result on disk was made otherwise (what is read here
         serves `run`: each result is read once)."""
-        sides = tuple(self.sides)
+        tasks = tuple(self.tasks)
         for checkpoint in checkpoints:
             for split in splits:
-                key = (checkpoint.path, split, sides)
-                self.checked[key] = self._finished(checkpoint, split, sides)
+                key = (checkpoint.path, split, tasks)
+                self.checked[key] = self._finished(checkpoint, split, tasks)
 
     def run(
-        self, checkpoint: Checkpoint, split: str, sides: Sequence[str], **details
+        self, checkpoint: Checkpoint, split: str, tasks: Sequence[str], **details
     ) -> dict | None:
         """Metrics per task of `checkpoint` on `split`; None if it cannot be read."""
-        key = (checkpoint.path, split, tuple(sides))
+        key = (checkpoint.path, split, tuple(tasks))
         if key in self.checked:
             finished = self.checked.pop(key)
         else:
-            finished = self._finished(checkpoint, split, sides)
+            finished = self._finished(checkpoint, split, tasks)
         if finished is not None:
             self.result.skipped.append((checkpoint.step, split))
             return finished
         try:
             config, params = inference.load_params(checkpoint.path, self.mesh)
-            self._check_vocabulary(config, split, sides)
+            self._check_vocabulary(config, split, tasks)
         except Exception as error:  # any unusable checkpoint: report it, go on with the rest
             self.result.failed[checkpoint.path] = f"{type(error).__name__}: {error}"
             print(f"dsbs-eval: cannot use {checkpoint.path}: {error}", file=sys.stderr)
             return None
         run = results.read_run(checkpoint.path)
         all_metrics, label_rows = {}, {}
-        for side in sides:
+        for task in tasks:
             start = time.monotonic()
-            evaluator = self._evaluator(side, split)
+            evaluator = self._evaluator(task, split)
             decoder = inference.BatchDecoder(
-                config, params, self.mesh, self.sides[side][1]["targets"], **self.decoding
+                config, params, self.mesh, self.tasks[task][1]["targets"], **self.decoding
             )
             metrics, rows = evaluator.evaluate(decoder)
-            if side == losses.LABEL:
+            if task == losses.LABEL:
                 label_rows = rows
             else:
-                for task, task_rows in rows.items():
-                    metrics[task].update(self._consistency(task, task_rows, label_rows, split))
-            made_by = self._made_by(checkpoint, side)
+                for task_name, task_rows in rows.items():
+                    metrics[task_name].update(
+                        self._consistency(task_name, task_rows, label_rows, split)
+                    )
+            made_by = self._made_by(checkpoint, task)
             self._write(checkpoint, split, metrics, rows, run, {**made_by, **details})
             all_metrics.update(metrics)
             examples = sum(len(r) for r in rows.values())
             seconds = time.monotonic() - start
             print(
-                f"dsbs-eval: step {checkpoint.step} {split} {side}: {examples} examples in "
+                f"dsbs-eval: step {checkpoint.step} {split} {task}: {examples} examples in "
                 f"{seconds:.1f} s ({examples / seconds:.1f}/s)",
                 file=sys.stderr,
             )
         self.result.done[checkpoint.step, split] = all_metrics
         return all_metrics
 
-    def _check_vocabulary(self, config, split: str, sides: Sequence[str]) -> None:
-        needed = max(self._evaluator(side, split).vocab_size for side in sides)
+    def _check_vocabulary(self, config, split: str, tasks: Sequence[str]) -> None:
+        needed = max(self._evaluator(task, split).vocab_size for task in tasks)
         if config.vocab_size < needed:
             raise ValueError(
                 f"the model has {config.vocab_size} token ids, fewer than the tasks' vocabulary "
@@ -274,9 +276,9 @@ class _Job:
         self.result.selected = selected
         if jax.process_index() != 0:
             return
-        for side in self.sides:
-            for task in self._evaluator(side, split).task_names:
-                path = self._metrics_path(task, split, best.step)
+        for task in self.tasks:
+            for task_name in self._evaluator(task, split).task_names:
+                path = self._metrics_path(task_name, split, best.step)
                 saved = results.read_metrics(path)
                 if saved.get("selected_on") != selected:
                     saved["selected_on"] = selected
@@ -346,7 +348,7 @@ def evaluate(
         raise ConfigError(f"no value for {unset}: bind them (the macros in gin/runs/eval.gin)")
     files.check_folder(output_dir, "EVAL_OUTPUT_DIR")
     mode = "dsbs" if rationale_task else "standard"
-    sides = task_lengths(mode, task, rationale_task, task_feature_lengths)
+    tasks = task_lengths(mode, task, rationale_task, task_feature_lengths)
     check_splits(task, [split] + ([select_on] if select_on else []))
     try:
         mesh = partitioning.make_mesh(model_parallelism, fsdp_parallelism)
@@ -361,11 +363,11 @@ def evaluate(
     if method == "beam":
         decoding["options"] = {"num_beams": num_beams, "length_penalty": length_penalty}
     checkpoints = find_checkpoints(checkpoint_path)
-    job = _Job(sides, output_dir, mesh, batch_size, num_examples, decoding, overwrite)
+    job = _Job(tasks, output_dir, mesh, batch_size, num_examples, decoding, overwrite)
     job.check(checkpoints, [split] + ([select_on] if select_on else []))
     if not select_on:
         for checkpoint in checkpoints:
-            job.run(checkpoint, split, list(sides))
+            job.run(checkpoint, split, list(tasks))
         return job.result
     scores = {}
     for checkpoint in checkpoints:
@@ -380,7 +382,7 @@ def evaluate(
             "value": scores[best],
             "step": best.step,
         }
-        if job.run(best, split, list(sides), selected_on=selected) is not None:
+        if job.run(best, split, list(tasks), selected_on=selected) is not None:
             job.mark_selected(best, split, selected)
     return job.result
 

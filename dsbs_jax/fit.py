@@ -265,12 +265,12 @@ def build(devices: list) -> tuple[Trainer, dict, dict]:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     lengths = a["task_feature_lengths"]
-    sides = [losses.LABEL] + ([losses.RATIONALE] if a["mode"] == "dsbs" else [])
-    missing = sorted({"inputs", *sides} - set(lengths))
+    tasks = [losses.LABEL] + ([losses.RATIONALE] if a["mode"] == "dsbs" else [])
+    missing = sorted({"inputs", *tasks} - set(lengths))
     if missing:
         raise ConfigError(
             f"TASK_FEATURE_LENGTHS {dict(lengths)} lacks {missing}: give 'inputs' and the "
-            f"target length of each task ({', '.join(sides)})"
+            f"target length of each task ({', '.join(tasks)})"
         )
     rows = a["batch_size"]
     multiple = partitioning.batch_shards(mesh) * a["num_microbatches"]
@@ -281,7 +281,7 @@ def build(devices: list) -> tuple[Trainer, dict, dict]:
         train_module.check_batch(
             a["batch_size"], a["eval_batch_size"], mesh, a["num_microbatches"], shards, False
         )
-    batch = aot.padded_batch({side: (rows, lengths["inputs"], lengths[side]) for side in sides})
+    batch = aot.padded_batch({task: (rows, lengths["inputs"], lengths[task]) for task in tasks})
     distillation = None
     if a["teacher_checkpoint_path"]:
         if a["kd_weight"] == 0 and a["hidden_weight"] == 0:
@@ -327,7 +327,7 @@ def build(devices: list) -> tuple[Trainer, dict, dict]:
         ),
         "batch": (
             f"{rows} examples padded to inputs {lengths['inputs']}, "
-            + ", ".join(f"{side} {lengths[side]}" for side in sides)
+            + ", ".join(f"{task} {lengths[task]}" for task in tasks)
             + (" (packing's rows are sized from the data: this is about an upper bound)")
             * bool(a["pack"])
         ),

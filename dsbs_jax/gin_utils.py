@@ -7,6 +7,7 @@ wheel holds no `gin/`: `$DSBS_GIN_DIR` names a copy (launch/tpu_vm.sh sets it).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -15,7 +16,8 @@ import os
 import pathlib
 import re
 import textwrap
-from collections.abc import Callable, Sequence
+import tokenize
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
@@ -170,10 +172,13 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), prog: str = ""
     quiet = _QuietIncludeLookups()
     logging.getLogger().addFilter(quiet)
     try:
-        resolved = [str(gin_paths.resolve(f)) for f in gin_files]
-        gin.parse_config_files_and_bindings(resolved, None, finalize_config=False)
+        for path in (str(gin_paths.resolve(f)) for f in gin_files):
+            with _unreadable(path):
+                gin.parse_config_file(path)
         defined = _bound_macros()
-        gin.parse_config(list(bindings))
+        for binding in bindings:
+            with _unreadable(f"--gin.{binding}"):
+                gin.parse_config(binding)
     except ValueError as error:
         hint = _closest_configurables(str(error))
         if not hint:
@@ -182,6 +187,25 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), prog: str = ""
     finally:
         logging.getLogger().removeFilter(quiet)
     _check_macro_bindings(bindings, defined | _referenced_macros(), prog)
+
+
+@contextlib.contextmanager
+def _unreadable(source: str) -> Iterator[None]:
+    """gin's parser errors (Python's SyntaxError and TokenError) as a `ConfigError` naming
+    the file and line, or the `--gin.` flag, it could not read."""
+    try:
+        yield
+    except (SyntaxError, tokenize.TokenError) as error:
+        if isinstance(error, SyntaxError) and error.filename not in (None, "<string>"):
+            source = f"{error.filename}, line {error.lineno}"
+        message = error.msg if isinstance(error, SyntaxError) else error.args[0]
+        hint = ""
+        if source.startswith("--gin."):
+            hint = (
+                ". A value is gin's (Python-like): quote a string inside the shell's quotes, "
+                "as in --gin.MODEL_DIR=\"'/tmp/run'\""
+            )
+        raise ConfigError(f"{source}: {message.rstrip('.')}{hint}") from None
 
 
 # gin keeps a macro NAME as the binding `NAME/gin.macro.value`: config key (NAME, 'gin.macro')

@@ -7,8 +7,8 @@ Builds each dataset (TFDS skips one that is already built, so re-running is chea
 the synthetic dataset's own SentencePiece vocabulary, and prints per split the rows, the
 teacher outputs that did not parse, and the teacher's label accuracy against gold. `all`
 builds every dataset whose folder is in the manual dir, and the synthetic one. A user's
-JSONL dataset NAME is known once `--task_module` imports the module that declares it
-(`tasks.jsonl.jsonl_dataset`).
+dataset NAME is known once `--task_module` imports the module that declares it
+(`datasets.declare`, or `tasks.jsonl.jsonl_dataset` for JSONL rows).
 """
 
 import argparse
@@ -20,8 +20,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from dsbs_jax import console
-from dsbs_jax.data import release, synthetic
-from dsbs_jax.data.builders import BUILDERS
+from dsbs_jax.data import datasets, release, synthetic
+from dsbs_jax.data.builders import builder as dataset_builder
 
 SYNTHETIC = "synthetic"
 
@@ -34,7 +34,7 @@ def build(
         raise release.ReleaseError(
             f"{dataset}: no folder {dataset}/ in the manual dir {manual_dir}"
         )
-    builder = BUILDERS[dataset](data_dir=str(data_dir))
+    builder = dataset_builder(dataset)(data_dir=str(data_dir))
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
     if not builder.is_prepared():
         print(f"dsbs-prepare: building {builder.name} in {builder.data_dir}", file=sys.stderr)
@@ -103,16 +103,16 @@ def requested(dataset: str, manual_dir: epath.Path | None) -> list[str]:
         return [dataset]
     if manual_dir is None:
         return [SYNTHETIC]
-    present = [d for d in BUILDERS if d != SYNTHETIC and (manual_dir / d).is_dir()]
+    present = [d for d in datasets.DATASETS if d != SYNTHETIC and (manual_dir / d).is_dir()]
     if not present:
-        names = ", ".join(d for d in BUILDERS if d != SYNTHETIC)
+        names = ", ".join(d for d in datasets.DATASETS if d != SYNTHETIC)
         raise release.ReleaseError(f"{manual_dir}: no dataset folder ({names}) in the manual dir")
     return [*present, SYNTHETIC]
 
 
 def import_task_modules(modules: list[str]) -> None:
-    """Import users' task modules, which add their datasets' builders to `BUILDERS` (SeqIO
-    and the task registry are imported only when there are some)."""
+    """Import users' task modules, which declare their datasets (SeqIO and the task
+    registry are imported only when there are some)."""
     if modules:
         from tasks import registry
 
@@ -122,7 +122,9 @@ def import_task_modules(modules: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dsbs-prepare", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--dataset", required=True, help=f"{', '.join(BUILDERS)}, a --task_module's, or all"
+        "--dataset",
+        required=True,
+        help=f"{', '.join(datasets.DATASETS)}, a --task_module's, or all",
     )
     parser.add_argument("--manual_dir", type=epath.Path, help="the release layout's folder")
     parser.add_argument("--data_dir", type=epath.Path, required=True, help="TFDS data dir")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "--task_module",
         action="append",
         default=[],
-        help="a module that declares JSONL datasets, imported first (repeatable)",
+        help="a module that declares datasets, imported first (repeatable)",
     )
     console.setup(parser, argv)
     args = parser.parse_args(argv)
@@ -138,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         import_task_modules(args.task_module)
     except ValueError as error:  # the task registry's ConfigError
         parser.error(f"--task_module: {error}")
-    if args.dataset not in [*BUILDERS, "all"]:
+    if args.dataset not in [*datasets.DATASETS, "all"]:
         parser.error(
-            f"--dataset {args.dataset!r}: unknown (expected one of {', '.join(BUILDERS)} or "
-            "all; a JSONL dataset's name once --task_module imports the module declaring it)"
+            f"--dataset {args.dataset!r}: unknown (expected one of "
+            f"{', '.join(datasets.DATASETS)} or all; your own dataset's name once "
+            "--task_module imports the module declaring it)"
         )
     rows = []
     try:

@@ -14,29 +14,29 @@ from dsbs_jax.gin_utils import ConfigError
 def task_lengths(
     mode: str, label_task: str, rationale_task: str | None, feature_lengths: Lengths
 ) -> dict[str, tuple[str, dict[str, int]]]:
-    """`{side: (task, {'inputs': n, 'targets': m})}` for the tasks `mode` trains on.
-    TASK_FEATURE_LENGTHS names `inputs` and each side's targets: `label`, `rationale`."""
-    sides = {losses.LABEL: label_task}
+    """`{task: (SeqIO task or mixture, {'inputs': n, 'targets': m})}` for the tasks (`label`,
+    `rationale`) `mode` trains on. TASK_FEATURE_LENGTHS names `inputs` and each task's targets."""
+    tasks = {losses.LABEL: label_task}
     if mode == "dsbs":
         if not rationale_task:
             raise ConfigError("MODE 'dsbs' needs RATIONALE_TASK (a rationale task or mixture)")
-        sides[losses.RATIONALE] = rationale_task
+        tasks[losses.RATIONALE] = rationale_task
     result = {}
-    for side, name in sides.items():
+    for task, name in tasks.items():
         try:
             seqio.get_mixture_or_task(name)
         except ValueError as error:
-            raise ConfigError(f"{side} task {name!r} is not registered ({error})") from None
+            raise ConfigError(f"{task} task {name!r} is not registered ({error})") from None
         check_prepared(name)
-        missing = {"inputs", side} - set(feature_lengths)
+        missing = {"inputs", task} - set(feature_lengths)
         if missing:
             raise ConfigError(
                 f"TASK_FEATURE_LENGTHS {dict(feature_lengths)} lacks {sorted(missing)}: give "
-                f"'inputs' and the target length of each task ({', '.join(sides)})"
+                f"'inputs' and the target length of each task ({', '.join(tasks)})"
             )
-        result[side] = (
+        result[task] = (
             name,
-            {"inputs": feature_lengths["inputs"], "targets": feature_lengths[side]},
+            {"inputs": feature_lengths["inputs"], "targets": feature_lengths[task]},
         )
     return result
 

@@ -155,16 +155,17 @@ def check_batch(
 
 
 def check_lengths(
-    sides: Mapping[str, tuple[str, Lengths]], allow_truncation: bool
+    tasks: Mapping[str, tuple[str, Lengths]], allow_truncation: bool
 ) -> dict[str, np.ndarray]:
     """Stop before training if the feature lengths truncate examples of the training split
     (scanning up to `LENGTH_SCAN_EXAMPLES` of each task), unless truncation is allowed.
-    Returns each side's `[n, 2]` (inputs, targets) token lengths of the scanned examples
-    (the same examples for every side of a paired run): what packed rows are sized by."""
+    Returns each task's `[n, 2]` (inputs, targets) token lengths of the scanned examples
+    (the same examples for every task of a paired run): what packed rows are sized by."""
     problems, scanned = [], {}
-    for side, (name, lengths) in sides.items():
-        task = seqio.get_mixture_or_task(name)
-        dataset = task.get_dataset(None, split=TRAIN, shuffle=False, num_epochs=1)
+    for task, (name, lengths) in tasks.items():
+        dataset = seqio.get_mixture_or_task(name).get_dataset(
+            None, split=TRAIN, shuffle=False, num_epochs=1
+        )
         sizes = {feature: [] for feature in lengths}
         for example in dataset.take(LENGTH_SCAN_EXAMPLES).as_numpy_iterator():
             for feature in lengths:
@@ -174,13 +175,13 @@ def check_lengths(
                 raise ConfigError(f"task {name!r} has no training examples")
             over = sum(size > limit for size in sizes[feature])
             if over:
-                key = "inputs" if feature == "inputs" else side
+                key = "inputs" if feature == "inputs" else task
                 problems.append(
                     f"{name}: {over} of {len(sizes[feature])} examples have {feature} longer "
                     f"than {limit} tokens (longest {max(sizes[feature])}); raise "
                     f"TASK_FEATURE_LENGTHS['{key}']"
                 )
-        scanned[side] = np.stack([sizes["inputs"], sizes["targets"]], axis=1)
+        scanned[task] = np.stack([sizes["inputs"], sizes["targets"]], axis=1)
     if problems and not allow_truncation:
         raise ConfigError(
             "feature lengths would truncate examples:\n  "
@@ -193,17 +194,17 @@ def check_lengths(
 
 
 def plan_packing(
-    sides: Mapping[str, tuple[str, Lengths]],
+    tasks: Mapping[str, tuple[str, Lengths]],
     scanned: Mapping[str, np.ndarray],
     examples: int,
     row_multiple: int,
     seed: int,
 ) -> dict[str, packing.RowShape]:
-    """Each side's packed rows for steps of `examples` examples on average (one shard's
+    """Each task's packed rows for steps of `examples` examples on average (one shard's
     share of a step), sized from the scanned training lengths."""
-    caps = {side: (lengths["inputs"], lengths["targets"]) for side, (_, lengths) in sides.items()}
+    caps = {task: (lengths["inputs"], lengths["targets"]) for task, (_, lengths) in tasks.items()}
     return packing.plan_rows(
-        {side: scanned[side] for side in sides}, caps, examples, row_multiple, seed
+        {task: scanned[task] for task in tasks}, caps, examples, row_multiple, seed
     )
 
 
@@ -216,17 +217,17 @@ def row_multiple(mesh: jax.sharding.Mesh, num_microbatches: int, shards: int) ->
 
 def describe_packing(
     shapes: Mapping[str, packing.RowShape],
-    sides: Mapping[str, tuple[str, Lengths]],
+    tasks: Mapping[str, tuple[str, Lengths]],
     batch_size: int,
     shards: int,
 ) -> str:
     """The packed rows a step trains on, against what padding every example costs."""
     rows = ", ".join(
-        f"{side} {shape.rows * shards} x (inputs {shape.inputs}, targets {shape.targets})"
-        for side, shape in shapes.items()
+        f"{task} {shape.rows * shards} x (inputs {shape.inputs}, targets {shape.targets})"
+        for task, shape in shapes.items()
     )
     packed = sum(shape.positions() for shape in shapes.values()) * shards / batch_size
-    padded = sum(lengths["inputs"] + lengths["targets"] for _, lengths in sides.values())
+    padded = sum(lengths["inputs"] + lengths["targets"] for _, lengths in tasks.values())
     return (
         f"packing {batch_size} examples per step on average into rows of {rows}: "
         f"{packed:.0f} token positions per example (padded to the feature lengths: {padded})"
@@ -274,30 +275,30 @@ def load_teacher(path: str) -> tuple[T5Config, dict]:
         raise ConfigError(f"TEACHER_CHECKPOINT_PATH {path!r} cannot be read: {error}") from None
 
 
-def topk_sides(
+def topk_tasks(
     teacher_topk_dir: str,
-    sides: Mapping[str, tuple[str, Lengths]],
-    kd_sides: Sequence[str],
+    tasks: Mapping[str, tuple[str, Lengths]],
+    distilled: Sequence[str],
     vocab_size: int,
 ) -> dict[str, str]:
-    """`{side: TEACHER_TOPK_DIR}` for the distilled sides, each store checked against the
+    """`{task: TEACHER_TOPK_DIR}` for the distilled tasks, each store checked against the
     run's task, lengths, vocabulary and training subsample before training starts. Stores
-    are read into paired batches, so every side must be a task."""
+    are read into paired batches, so each must be a SeqIO task, not a mixture."""
     from dsbs_jax.data import topk_store
 
-    for task_name, _ in sides.values():
+    for task_name, _ in tasks.values():
         if not isinstance(seqio.get_mixture_or_task(task_name), seqio.Task):
             raise ConfigError(
                 f"TEACHER_TOPK_DIR needs tasks, and {task_name} is a mixture (stores are per task)"
             )
-    for side in kd_sides:
-        task_name, lengths = sides[side]
+    for task in distilled:
+        task_name, lengths = tasks[task]
         try:
             store = topk_store.Store(teacher_topk_dir, task_name, TRAIN)
             store.check_fits(lengths, vocab_size, *sources.subsample(task_name))
         except topk_store.StoreError as error:
             raise ConfigError(f"TEACHER_TOPK_DIR: {error}") from None
-    return {side: teacher_topk_dir for side in kd_sides}
+    return {task: teacher_topk_dir for task in distilled}
 
 
 # -------------------------------------------------------------------------------------------
@@ -305,17 +306,17 @@ def topk_sides(
 # -------------------------------------------------------------------------------------------
 
 
-def _model_features(side: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in side.items() if k != EXAMPLE_HASH}
+def _model_features(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in features.items() if k != EXAMPLE_HASH}
 
 
-def all_tasks(sides: Mapping[str, tuple[str, Lengths]]) -> bool:
-    """Whether every side is a task (trained paired), not a mixture (sampled apart)."""
-    return all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in sides.values())
+def all_tasks(tasks: Mapping[str, tuple[str, Lengths]]) -> bool:
+    """Whether every task is a SeqIO task (trained paired), not a mixture (sampled apart)."""
+    return all(isinstance(seqio.get_mixture_or_task(n), seqio.Task) for n, _ in tasks.values())
 
 
 def host_batches(
-    sides: Mapping[str, tuple[str, Lengths]],
+    tasks: Mapping[str, tuple[str, Lengths]],
     batch_size: int,
     seed: int,
     data_shards: int,
@@ -333,9 +334,9 @@ def host_batches(
     `consumed[i]`-th example on. For a given `data_shards`, the global batch is therefore
     the same whatever the number of hosts, and a restart continues the same stream.
 
-    Sides that are mixtures are sampled independently (`independent_batches`: with `pack`,
+    Tasks that are mixtures are sampled independently (`independent_batches`: with `pack`,
     SeqIO's packing into `batch_size` rows) and restart by replaying `consumed[i] / rows` steps."""
-    paired = all_tasks(sides)
+    paired = all_tasks(tasks)
     groups, index = group
     per_group = data_shards // groups
     rows = batch_size // data_shards
@@ -346,23 +347,23 @@ def host_batches(
         if paired and pack:
             streams.append(
                 packed_paired_batches(
-                    sides, TRAIN, shapes, seed, info, start_example=start, topk=topk
+                    tasks, TRAIN, shapes, seed, info, start_example=start, topk=topk
                 )
             )
             continue
         if paired:
             dataset = paired_batches(
-                sides, TRAIN, rows, seed, info, start_step=start // rows, topk=topk
+                tasks, TRAIN, rows, seed, info, start_step=start // rows, topk=topk
             )
         else:
-            dataset = independent_batches(sides, TRAIN, rows, seed, info, pack, start // rows)
+            dataset = independent_batches(tasks, TRAIN, rows, seed, info, pack, start // rows)
         streams.append((batch, rows) for batch in dataset.as_numpy_iterator())
     while True:
         parts, counts = zip(*(next(stream) for stream in streams), strict=True)
         yield (
             {
-                side: {k: np.concatenate([p[side][k] for p in parts]) for k in parts[0][side]}
-                for side in parts[0]
+                task: {k: np.concatenate([p[task][k] for p in parts]) for k in parts[0][task]}
+                for task in parts[0]
             },
             list(counts),
         )
@@ -371,7 +372,7 @@ def host_batches(
 def _count_tokens(batch: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[int, int]:
     """The batch's real tokens, and the token positions a step computes (padding too)."""
     names = ("encoder_input_tokens", "decoder_target_tokens")
-    features = [side[name] for side in batch.values() for name in names]
+    features = [f[name] for f in batch.values() for name in names]
     return sum(int(np.count_nonzero(f)) for f in features), sum(f.size for f in features)
 
 
@@ -387,17 +388,17 @@ class Validation:
     def __init__(
         self,
         trainer: Trainer,
-        sides: Mapping[str, tuple[str, Lengths]],
+        tasks: Mapping[str, tuple[str, Lengths]],
         batch_size: int,
         num_examples: int | None,
         shapes: Mapping[str, packing.RowShape] | None = None,
     ):
-        self.trainer, self.batch_size, self.sides = trainer, batch_size, sides
+        self.trainer, self.batch_size, self.tasks = trainer, batch_size, tasks
         self.loss_batches = {
-            side: list(self._loss_dataset(name, lengths, num_examples, shapes and shapes.get(side)))
-            for side, (name, lengths) in sides.items()
+            task: list(self._loss_dataset(name, lengths, num_examples, shapes and shapes.get(task)))
+            for task, (name, lengths) in tasks.items()
         }
-        name, lengths = sides[losses.LABEL]
+        name, lengths = tasks[losses.LABEL]
         self.label = TaskEvaluator(name, VALIDATION, lengths, batch_size, num_examples)
 
     def _loss_dataset(
@@ -442,13 +443,13 @@ class Validation:
 
     def task_losses(self, params) -> dict[str, float]:
         figures = {}
-        for side, batches in self.loss_batches.items():
+        for task, batches in self.loss_batches.items():
             total, tokens = 0.0, 0.0
             for batch in batches:
                 global_batch = partitioning.whole_batch(self.trainer.mesh, batch)
-                sums = self.trainer.run_eval_step(params, {side: global_batch})[side]
+                sums = self.trainer.run_eval_step(params, {task: global_batch})[task]
                 total, tokens = total + float(sums[0]), tokens + float(sums[1])
-            figures[f"loss/{side}"] = total / max(tokens, 1.0)
+            figures[f"loss/{task}"] = total / max(tokens, 1.0)
         return figures
 
     def evaluate(self, params) -> tuple[dict[str, float], dict[str, list[dict]]]:
@@ -464,7 +465,7 @@ class Validation:
         return figures, rows
 
     def decoder(self, params) -> BatchDecoder:
-        max_length = self.sides[losses.LABEL][1]["targets"]
+        max_length = self.tasks[losses.LABEL][1]["targets"]
         return BatchDecoder(self.trainer.config, params, self.trainer.mesh, max_length)
 
 
@@ -663,26 +664,26 @@ def train(
         mesh = partitioning.make_mesh(model_parallelism, fsdp_parallelism)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    sides = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
-    check_splits(sides[losses.LABEL][0], final_eval_splits)
+    tasks = task_lengths(mode, label_task, rationale_task, task_feature_lengths)
+    check_splits(tasks[losses.LABEL][0], final_eval_splits)
     data_shards = data_shards or partitioning.row_groups(mesh)[0]
-    paired = all_tasks(sides)
+    paired = all_tasks(tasks)
     check_batch(batch_size, eval_batch_size, mesh, num_microbatches, data_shards, pack and paired)
-    scanned = check_lengths(sides, allow_truncation)
+    scanned = check_lengths(tasks, allow_truncation)
     shapes, eval_shapes = None, None
-    if pack:  # evaluation's losses: each side alone, its rows over the whole data axis
+    if pack:  # evaluation's losses: each task alone, its rows over the whole data axis
         eval_shapes = {
-            side: plan_packing(
-                {side: sides[side]}, scanned, eval_batch_size, partitioning.batch_shards(mesh), seed
-            )[side]
-            for side in sides
+            task: plan_packing(
+                {task: tasks[task]}, scanned, eval_batch_size, partitioning.batch_shards(mesh), seed
+            )[task]
+            for task in tasks
         }
     if pack and paired:
         multiple = row_multiple(mesh, num_microbatches, data_shards)
-        shapes = plan_packing(sides, scanned, batch_size // data_shards, multiple, seed)
+        shapes = plan_packing(tasks, scanned, batch_size // data_shards, multiple, seed)
         if jax.process_index() == 0:
             print(
-                f"dsbs-train: {describe_packing(shapes, sides, batch_size, data_shards)}",
+                f"dsbs-train: {describe_packing(shapes, tasks, batch_size, data_shards)}",
                 file=sys.stderr,
             )
     check_distillation(teacher_checkpoint_path, teacher_topk_dir, kd_weight, hidden_weight)
@@ -726,7 +727,7 @@ def train(
         raise ConfigError(f"{source} {path!r}: {error}") from None
     topk = None
     if teacher_topk_dir:
-        topk = topk_sides(teacher_topk_dir, sides, trainer.distiller.tasks, model_config.vocab_size)
+        topk = topk_tasks(teacher_topk_dir, tasks, trainer.distiller.tasks, model_config.vocab_size)
     checkpoint_dir = os.path.join(model_dir, results.CHECKPOINTS_DIR)
     saved = TrainCheckpoints(checkpoint_dir, keep_checkpoints, keep_best, "accuracy")
     latest = saved.latest_step()
@@ -748,7 +749,7 @@ def train(
         task_feature_lengths=dict(task_feature_lengths),
         model=dataclasses.asdict(model_config),
         optimizer=optimizer.settings,
-        dataset_content={name: sources.dataset_fingerprint(name) for name, _ in sides.values()},
+        dataset_content={name: sources.dataset_fingerprint(name) for name, _ in tasks.values()},
         teacher=None
         if distillation is None
         else {
@@ -794,7 +795,7 @@ def train(
             write_atomically(os.path.join(model_dir, "config.gin"), gin.config_str())
             results.write_run(model_dir, run)
 
-        validation = Validation(trainer, sides, eval_batch_size, eval_examples, eval_shapes)
+        validation = Validation(trainer, tasks, eval_batch_size, eval_examples, eval_shapes)
         if read_metrics_late is None:  # on CPUs the host and XLA share the cores
             read_metrics_late = jax.devices()[0].platform != "cpu"
         loop = _Loop(
@@ -810,7 +811,7 @@ def train(
         loop.peak_flops = peak_flops_per_device or PEAK_FLOPS.get(jax.devices()[0].device_kind)
         group = partitioning.row_groups(mesh)
         batches = host_batches(
-            sides, batch_size, seed, data_shards, consumed, pack, topk, shapes, group
+            tasks, batch_size, seed, data_shards, consumed, pack, topk, shapes, group
         )
         try:
             state, preempted = loop.run(
@@ -826,7 +827,7 @@ def train(
         preempted = preempted or preemption.reached(int(state.step), 1)
         if not preempted:
             decode = validation.decoder(state.params)
-            name, lengths = sides[losses.LABEL]
+            name, lengths = tasks[losses.LABEL]
             step_dir = os.path.join(checkpoint_dir, str(int(state.step)))
             made_by = results.made_by(
                 step_dir,
@@ -937,7 +938,7 @@ class _Loop:
         while step < train_steps:
             local, counts = next(batches)
             batch = partitioning.global_batch(
-                mesh, {side: _model_features(f) for side, f in local.items()}
+                mesh, {task: _model_features(f) for task, f in local.items()}
             )
             if self.throughput is None:
                 progress.compiling()

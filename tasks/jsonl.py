@@ -12,27 +12,26 @@ teacher's side, and what happens without any, is in `dsbs_jax/data/jsonl_dataset
 
 from collections.abc import Sequence
 
-from dsbs_jax.data import metrics, teacher_outputs
+from dsbs_jax.data import datasets, metrics, teacher_outputs
 from dsbs_jax.data.builders.jsonl import make_builder
-from dsbs_jax.data.jsonl_dataset import JsonlLayout
-from tasks import registry
-from tasks.spec import DatasetTasks, MetricFn
+from dsbs_jax.data.jsonl_dataset import JsonlLayout, declaration
 
 
-def _register_answer_format(
+def _answer_format(
     name: str, answer_format: teacher_outputs.AnswerFormat | None, teacher_output_field: str | None
-) -> None:
-    """The given format, or the one already registered (by a prompt file, say), or the
-    default; raw teacher outputs are not parsed by a guessed format."""
+) -> teacher_outputs.AnswerFormat:
+    """The given format, or the one a prompt file gave the dataset, or the default; raw
+    teacher outputs are not parsed by a guessed format."""
     if answer_format is not None:
-        teacher_outputs.register_answer_format(name, answer_format)
-    elif name not in teacher_outputs.ANSWER_FORMATS:
-        if teacher_output_field:
-            raise ValueError(
-                f"{name}: teacher_output_field {teacher_output_field!r} needs an answer_format "
-                "(how the raw outputs state their answer; teacher_outputs.AnswerFormat)"
-            )
-        teacher_outputs.register_answer_format(name, teacher_outputs.DEFAULT_ANSWER_FORMAT)
+        return answer_format
+    if name in teacher_outputs.ANSWER_FORMATS:
+        return teacher_outputs.ANSWER_FORMATS[name]
+    if teacher_output_field:
+        raise ValueError(
+            f"{name}: teacher_output_field {teacher_output_field!r} needs an answer_format "
+            "(how the raw outputs state their answer; teacher_outputs.AnswerFormat)"
+        )
+    return teacher_outputs.DEFAULT_ANSWER_FORMAT
 
 
 def jsonl_dataset(
@@ -45,13 +44,12 @@ def jsonl_dataset(
     teacher_label_field: str | None = None,
     teacher_output_field: str | None = None,
     answer_format: teacher_outputs.AnswerFormat | None = None,
-    label_metrics: Sequence[MetricFn] = (metrics.accuracy,),
-) -> DatasetTasks:
-    """Register the JSONL dataset `name`: its answer format, TFDS builder `dsbs_{name}`
-    (for dsbs-prepare) and tasks `dsbs_{name}_*` (in `registry.DATASETS`, replacing a
-    dataset of that name; `registry.register` registers them with SeqIO). Its tasks share
-    T5's vocabulary (the VOCABULARY binding). Calling it again with the same arguments is
-    harmless; other fields under a taken name are a ValueError."""
+    label_metrics: Sequence[datasets.MetricFn] = (metrics.accuracy,),
+) -> datasets.Dataset:
+    """Declare the JSONL dataset `name` (`datasets.declare`), with its TFDS builder
+    `dsbs_{name}` for dsbs-prepare; `registry.register` then registers its tasks
+    `dsbs_{name}_*`, which share T5's vocabulary (the VOCABULARY binding). Calling it again
+    with the same arguments is harmless; other fields under a taken name are a ValueError."""
     layout = JsonlLayout(
         name,
         input_field,
@@ -61,8 +59,6 @@ def jsonl_dataset(
         teacher_label_field=teacher_label_field,
         teacher_output_field=teacher_output_field,
     )
-    _register_answer_format(name, answer_format, teacher_output_field)
+    fmt = _answer_format(name, answer_format, teacher_output_field)
     make_builder(layout)
-    dataset = DatasetTasks(name, label_metrics=tuple(label_metrics))
-    registry.add_dataset(dataset)
-    return dataset
+    return datasets.declare(declaration(layout, fmt, label_metrics))

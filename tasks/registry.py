@@ -1,9 +1,10 @@
-"""Registers every dataset's SeqIO tasks and the mixtures over them.
+"""Registers every declared dataset's SeqIO tasks (`datasets.DATASETS`) and the mixtures
+over them.
 
 `import tasks` registers them with defaults; `register(...)` registers them again with
 other settings (a data dir, a vocabulary, a training fraction), replacing the old ones.
 The binaries call it with their gin bindings, first importing the users' task modules
-(`TASK_MODULES`, as T5X's `MIXTURE_OR_TASK_MODULE`) that add datasets of their own.
+(`TASK_MODULES`, as T5X's `MIXTURE_OR_TASK_MODULE`) that declare datasets of their own.
 """
 
 import functools
@@ -13,30 +14,20 @@ from collections.abc import Sequence
 
 import seqio
 
-from dsbs_jax.data import metrics
+from dsbs_jax.data import datasets, metrics
+from dsbs_jax.data.datasets import OWN_VOCABULARY, Dataset
 from dsbs_jax.data.preprocessors import tokenize, view_preprocessors
 from dsbs_jax.data.sources import DsbsSource
 from dsbs_jax.gin_utils import ConfigError
-from tasks import anli1, cqa, esnli, svamp, synthetic
 from tasks.naming import mixture_name, task_name
-from tasks.spec import OWN_VOCABULARY, DatasetTasks
 
 # T5's SentencePiece model, as T5X's configs name it; users pass a local copy.
 DEFAULT_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
-DATASETS: list[DatasetTasks] = [cqa.TASKS, svamp.TASKS, esnli.TASKS, anli1.TASKS, synthetic.TASKS]
-
-
-def add_dataset(dataset: DatasetTasks) -> None:
-    """Put `dataset` in `DATASETS`, in place of one of the same name, for `register`."""
-    names = [known.name for known in DATASETS]
-    if dataset.name in names:
-        DATASETS[names.index(dataset.name)] = dataset
-    else:
-        DATASETS.append(dataset)
 
 
 def import_modules(modules: Sequence[str]) -> None:
-    """Import users' task modules, whose `tasks.jsonl.jsonl_dataset` calls add datasets."""
+    """Import users' task modules, which declare their datasets (`datasets.declare`,
+    `tasks.jsonl.jsonl_dataset`)."""
     for module in modules:
         try:
             importlib.import_module(module)
@@ -73,14 +64,14 @@ def _cot_postprocess(output: str, phrase: str, example=None, is_target: bool = F
 
 
 def register_dataset(
-    spec: DatasetTasks,
+    spec: Dataset,
     vocabulary: seqio.Vocabulary,
     data_dir: str | None = None,
     train_fraction: float = 1.0,
     subsample_seed: int = 0,
 ) -> list[str]:
     """Register `spec`'s label, rationale and chain-of-thought tasks; returns their names."""
-    tfds_name = f"{spec.tfds_name}:{spec.tfds_version}"
+    tfds_name = f"{spec.tfds_name}:{spec.version}"
     source = DsbsSource(tfds_name, data_dir, train_fraction, subsample_seed)
     features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True),
@@ -117,18 +108,18 @@ def register(
     vocabulary_path: str = DEFAULT_VOCABULARY,
     train_fraction: float = 1.0,
     subsample_seed: int = 0,
-    datasets: Sequence[DatasetTasks] = DATASETS,
+    only: Sequence[str] | None = None,
     modules: Sequence[str] = (),
 ) -> list[str]:
-    """Import the task `modules`, then register all datasets' tasks (with those the modules
-    added to `DATASETS`) and the mixtures over those sharing T5's vocabulary."""
+    """Import the task `modules`, then register the tasks of every declared dataset (with
+    those the modules declare), or of the datasets named in `only`, and the mixtures."""
     import_modules(modules)
     data_dir = data_dir or default_data_dir()
     names, mixed = [], []
-    for spec in datasets:
+    for spec in map(datasets.get, only) if only is not None else datasets.DATASETS.values():
         vocabulary = seqio.SentencePieceVocabulary(spec.vocabulary_file(data_dir, vocabulary_path))
         names += register_dataset(spec, vocabulary, data_dir, train_fraction, subsample_seed)
-        if spec.vocabulary != OWN_VOCABULARY:
+        if spec.in_mixtures and spec.vocabulary != OWN_VOCABULARY:
             mixed.append(spec.name)
     for kind, source in (("label", "gt"), ("label", "llm"), ("rationale", None)):
         name = mixture_name(kind, source)

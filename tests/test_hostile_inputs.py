@@ -88,6 +88,19 @@ CASES = {
         "dsbs-prepare --dataset synthetic",
     ),
     "train/missing gin file": Case("train", ["--gin_file={tmp}/absent.gin"], 2, "absent.gin"),
+    "train/gin file that does not parse": Case(
+        "train",
+        ["--gin_file={tmp}/mine.gin"],
+        2,
+        "mine.gin, line 2: Unable to parse value",
+        _write("mine.gin", "TRAIN_STEPS = 5\nMODEL_DIR = /tmp/run\n"),
+    ),
+    "train/unquoted string in a --gin flag": Case(
+        "train",
+        [*QUICKSTART, "--gin.MODEL_DIR={tmp}/model"],
+        2,
+        "Unable to parse value. A value is gin's (Python-like): quote a string",
+    ),
     "train/initial checkpoint whose config.json is a JSON array": Case(
         "train",
         [

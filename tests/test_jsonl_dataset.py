@@ -15,7 +15,7 @@ from openai_server import MODEL, FakeOpenAI
 
 import gin
 from dsbs_jax import annotate, eval, prepare, train
-from dsbs_jax.data import builders, release, teacher_outputs
+from dsbs_jax.data import builders, datasets, release, teacher_outputs
 from dsbs_jax.data.builders.jsonl import make_builder
 from dsbs_jax.data.jsonl_dataset import JsonlLayout, read_dataset
 from dsbs_jax.gin_utils import ConfigError
@@ -33,14 +33,12 @@ TICKETS = JsonlLayout(NAME, "body", "queue", id_field="ticket", rationale_field=
 @pytest.fixture(autouse=True)
 def registries():
     """The registries a dataset declaration fills, as they were before each test."""
-    tables = (builders.BUILDERS, release.SPECS, teacher_outputs.ANSWER_FORMATS)
+    tables = (builders.BUILDERS, datasets.DATASETS, teacher_outputs.ANSWER_FORMATS)
     saved = [(table, dict(table)) for table in tables]
-    datasets = list(registry.DATASETS)
     yield
     for table, contents in saved:
         table.clear()
         table.update(contents)
-    registry.DATASETS[:] = datasets
 
 
 def ticket_rows(count: int, start: int = 0) -> list[dict]:
@@ -271,9 +269,9 @@ def test_declaring_a_dataset_twice_is_harmless_and_other_fields_are_refused():
     assert declare() == first and builders.BUILDERS[NAME] is builder
     assert builder.name == "dsbs_tickets" and builder.layout == TICKETS
     assert make_builder(TICKETS) is builder
-    assert [d.name for d in registry.DATASETS].count(NAME) == 1
+    assert datasets.get(NAME) == first
     assert first.tfds_name == "dsbs_tickets" and first.answer_phrase == "So the answer is"
-    assert release.dataset_spec(NAME).fields == ("body", "queue")
+    assert first.fields == ("body", "queue")
     with pytest.raises(ValueError, match="already declared as"):
         jsonl_dataset(NAME, "body", "queue")
     with pytest.raises(ValueError, match="'cqa' is built in"):

@@ -133,6 +133,6 @@ def test_packed_steps_pair_the_same_examples_and_restart_where_they_stopped(regi
         assert questions(features["rationale"], "explain: ") == label
     consumed = sum(count for _, count in uninterrupted[:2])
     for (resumed, _), (expected, _) in zip(steps(consumed, 2), uninterrupted[2:], strict=True):
-        for side in expected:
-            for name, value in expected[side].items():
-                np.testing.assert_array_equal(resumed[side][name], value, err_msg=name)
+        for task in expected:
+            for name, value in expected[task].items():
+                np.testing.assert_array_equal(resumed[task][name], value, err_msg=name)

@@ -257,8 +257,10 @@ def test_cluster_commands_parse(command):
 
 
 # Appended to the README's own-dataset block: write a small release, build it, read a task.
+OWN_DATASET = 'name="mydata"'
 OWN_DATASET_CHECK = """
 import json, pathlib, seqio, tensorflow_datasets as tfds
+from dsbs_jax.data import builders
 manual = pathlib.Path("{tmp}/manual/mydata")
 (manual / "llm").mkdir(parents=True)
 for split in ("train", "valid", "test"):
@@ -268,7 +270,7 @@ for split in ("train", "valid", "test"):
     outputs = [f"{{i}} is {{'even' if i % 2 == 0 else 'odd'}}. So the answer is {{r['answer']}}."
                + "\\n\\nQ: x" for i, r in enumerate(rows)]
     (manual / "llm" / f"{{split}}_CoT_0.json").write_text(json.dumps(outputs))
-DsbsMydata(data_dir="{tmp}/dsbs_tfds").download_and_prepare(
+builders.builder("mydata")(data_dir="{tmp}/dsbs_tfds").download_and_prepare(
     download_config=tfds.download.DownloadConfig(manual_dir="{tmp}/manual"))
 task = seqio.get_mixture_or_task("dsbs_mydata_rationale")
 example = next(task.source.get_dataset("test", shuffle=False).as_numpy_iterator())
@@ -283,9 +285,9 @@ def test_python_blocks_run(index, tmp_path):
     code = PYTHON_BLOCKS[index].replace("/tmp/", f"{tmp_path}/")
     if "logits =" in code:
         code += "\nassert logits.shape == (1, 4, 32128) and ids.shape == (1, 8)\n"
-    if "class DsbsMydata" in code:
+    if OWN_DATASET in code:
         code += OWN_DATASET_CHECK.format(tmp=tmp_path)
-    # A module in a package, where users keep a builder (TFDS reads its code path).
+    # A module in a package, as users keep their task modules.
     package = tmp_path / "readme_block"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -298,7 +300,7 @@ def test_python_blocks_run(index, tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    if "class DsbsMydata" in code:
+    if OWN_DATASET in code:
         assert "built test" in run.stdout
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dsbs_jax.data import metrics, release
+from dsbs_jax.data import datasets, metrics, release
 from dsbs_jax.data.release import ReleaseError, split_summary
 
 
@@ -232,7 +232,7 @@ def test_only_present_splits_are_read(tmp_path):
     )
 
 
-@pytest.mark.parametrize("dataset", sorted(release.SPECS))
+@pytest.mark.parametrize("dataset", sorted(datasets.DATASETS))
 def test_an_empty_manual_dir_has_no_splits(tmp_path, dataset):
     assert [release.read_split(tmp_path, dataset, split) for split in release.SPLITS] == [None] * 3
     with pytest.raises(ReleaseError, match=f"no {dataset} split in {re.escape(str(tmp_path))}"):

@@ -7,7 +7,8 @@ import seqio
 import tasks
 from dsbs_jax.data import metrics
 
-DATASETS = ("cqa", "svamp", "esnli", "anli1", "synthetic")
+DATASETS = ("cqa", "svamp", "esnli", "anli1", "asdiv", "synthetic")
+MIXED = ("anli1", "cqa", "esnli", "svamp")  # the paper's four, sharing T5's vocabulary
 LENGTHS = {"inputs": 512, "targets": 256}
 BEAVER = "080ef6941410139d6869e78122bc741e"  # the first row of cqa_test.json
 BEAVER_INPUT = (
@@ -47,11 +48,10 @@ def test_every_task_and_mixture_is_registered(registered_tasks):
     assert expected <= set(seqio.TaskRegistry.names())
     assert mixtures <= set(seqio.MixtureRegistry.names())
     assert set(registered_tasks) == expected | mixtures
-    # The synthetic dataset has its own vocabulary, so it stays out of the mixtures.
+    # The synthetic dataset has its own vocabulary and ASDiv is not among the paper's four
+    # benchmarks (`in_mixtures`): both stay out of the mixtures.
     mixture = seqio.get_mixture_or_task("dsbs_label_gt")
-    assert sorted(t.name for t in mixture.tasks) == [
-        f"dsbs_{d}_label_gt" for d in sorted(DATASETS) if d != "synthetic"
-    ]
+    assert sorted(t.name for t in mixture.tasks) == [f"dsbs_{d}_label_gt" for d in MIXED]
 
 
 def test_views_of_a_known_example(registered_tasks):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dsbs_jax.data import teacher_outputs
+from dsbs_jax.data import datasets, teacher_outputs
 from dsbs_jax.data.teacher_outputs import AnswerFormat, TeacherOutput, parse
 
 CQA_OUTPUT = (
@@ -110,7 +110,7 @@ def test_each_dataset_rule(dataset, raw, rationale, label):
 
 
 def test_answer_phrases():
-    phrases = {name: teacher_outputs.answer_phrase(name) for name in ("cqa", "svamp", "esnli")}
+    phrases = {name: datasets.get(name).answer_phrase for name in ("cqa", "svamp", "esnli")}
     assert phrases == {"cqa": "So the answer is", "svamp": "The answer is", "esnli": "Answer:"}
 
 
@@ -120,7 +120,7 @@ def test_a_users_format_can_be_registered_but_not_replaced(monkeypatch):
     teacher_outputs.register_answer_format("mine", fmt)
     teacher_outputs.register_answer_format("mine", fmt)  # the same again is harmless
     assert parse("mine", "Because. Therefore: yes.\nQuestion: no").label == "yes."
-    assert teacher_outputs.answer_phrase("mine") == "Therefore:"
+    assert teacher_outputs.answer_format("mine").marker == "Therefore:"
     with pytest.raises(ValueError, match="'cqa' already has"):
         teacher_outputs.register_answer_format("cqa", fmt)
     with pytest.raises(ValueError, match="no answer format for dataset 'other'"):

@@ -270,13 +270,13 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
 
 def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tasks):
     lengths = {"inputs": 64, "label": 6, "rationale": 80}
-    sides = run_tasks.task_lengths(
+    tasks = run_tasks.task_lengths(
         "dsbs", "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale", lengths
     )
 
     def first_batch(hosts: int, index: int) -> dict:
         batches = train.host_batches(
-            sides, 8, 0, 2, consumed=[0, 0], pack=False, group=(hosts, index)
+            tasks, 8, 0, 2, consumed=[0, 0], pack=False, group=(hosts, index)
         )
         return next(batches)[0]
 
@@ -284,10 +284,10 @@ def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tas
     hosts = [first_batch(2, index) for index in range(2)]
     hashes = [set(h["label"]["example_hash"].ravel()) for h in hosts]
     assert len(hashes[0]) == len(hashes[1]) == 4 and not hashes[0] & hashes[1]
-    for side in ("label", "rationale"):
-        for feature, value in whole[side].items():
-            joined = np.concatenate([h[side][feature] for h in hosts])
-            np.testing.assert_array_equal(joined, value, err_msg=f"{side}/{feature}")
+    for task in ("label", "rationale"):
+        for feature, value in whole[task].items():
+            joined = np.concatenate([h[task][feature] for h in hosts])
+            np.testing.assert_array_equal(joined, value, err_msg=f"{task}/{feature}")
 
 
 def test_training_starts_from_a_hugging_face_checkpoint(tmp_path, tfds_data_dir, capsys):

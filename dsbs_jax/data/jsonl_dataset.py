@@ -22,16 +22,13 @@ and what was expected): a training set must not lose rows silently.
 """
 
 import dataclasses
-import re
 from collections.abc import Sequence
 
 from etils import epath
 
 from dsbs_jax import jsonl
-from dsbs_jax.data import annotations, release, teacher_outputs
+from dsbs_jax.data import annotations, datasets, release, teacher_outputs
 
-# It names the TFDS dataset `dsbs_{name}`, the tasks and the manual dir's folder.
-NAME = re.compile(r"[a-z][a-z0-9_]*")
 # What the join reads of a row dsbs-annotate writes.
 ANNOTATION_KEYS = annotations.ROW_KEYS | annotations.TEACHER_KEYS
 _UNPARSED = {
@@ -56,11 +53,7 @@ class JsonlLayout:
     teacher_output_field: str | None = None
 
     def __post_init__(self):
-        if not NAME.fullmatch(self.name):
-            raise ValueError(
-                f"dataset name {self.name!r}: expected lower-case letters, digits and '_', "
-                "starting with a letter (it names the TFDS dataset dsbs_NAME and its tasks)"
-            )
+        datasets.check_name(self.name)
         if self.teacher_label_field and not self.rationale_field:
             raise ValueError(
                 f"{self.name}: teacher_label_field {self.teacher_label_field!r} needs a "
@@ -77,15 +70,22 @@ def rows_file(split: str) -> str:
     return f"{split}.jsonl"
 
 
-def dataset_spec(layout: JsonlLayout) -> release.DatasetSpec:
-    """The release spec that `release.split_summary` (dsbs-prepare's table) and the
-    teacher's voting read: labels compared as stripped text."""
-    return release.DatasetSpec(
+def declaration(
+    layout: JsonlLayout,
+    answer_format: teacher_outputs.AnswerFormat,
+    label_metrics: Sequence[datasets.MetricFn],
+) -> datasets.Dataset:
+    """The dataset `layout` reads (its builder reads the rows; the declaration's fields say
+    what dsbs-prepare's table and the teacher's votes read): labels compared as stripped
+    text."""
+    return datasets.Dataset(
         name=layout.name,
         fields=(layout.input_field, layout.label_field),
-        build_input=release.Field(layout.input_field),
-        build_label=release.Field(layout.label_field),
+        build_input=datasets.Field(layout.input_field),
+        build_label=datasets.Field(layout.label_field),
         id_field=layout.id_field,
+        answer_format=answer_format,
+        label_metrics=tuple(label_metrics),
     )
 
 

@@ -1,14 +1,14 @@
 """Training batches for one or two tasks: paired (the reference's way) or independent.
 
 Paired: each step's label batch and rationale batch are built from the same examples in
-the same order, as the reference builds both from one batch of examples. Both sides read
+the same order, as the reference builds both from one batch of examples. Both tasks read
 the same source split with the same seeded shuffle and apply their own task's
 preprocessors (one output per input, so the order is kept). A fingerprint of each
 example's id travels with it (`example_hash`), and alignment is checked. Then either
 `paired_batches` pads `batch_size` examples to the feature lengths (SeqIO's
 `EncDecFeatureConverter`, unpacked), or `packed_paired_batches` packs the stream into each
-side's fixed rows (`packing.pack_steps`: as many whole examples per step as the rows hold,
-the same examples on both sides).
+task's fixed rows (`packing.pack_steps`: as many whole examples per step as the rows hold,
+the same examples for both tasks).
 
 Independent: each task or mixture is sampled on its own by `seqio.get_dataset`, packed or
 padded; this is the mode for mixtures of datasets.
@@ -68,14 +68,14 @@ def _views(
 
 
 def _check_aligned(batch: dict) -> dict:
-    hashes = [side[EXAMPLE_HASH] for side in batch.values()]
+    hashes = [features[EXAMPLE_HASH] for features in batch.values()]
     with tf.control_dependencies(
         [
             tf.debugging.assert_equal(h, hashes[0], message="paired batches lost alignment")
             for h in hashes[1:]
         ]
     ):
-        return {name: dict(side) for name, side in batch.items()}
+        return {name: dict(features) for name, features in batch.items()}
 
 
 def _converter(lengths: Lengths, topk: bool) -> tuple[seqio.FeatureConverter, dict]:
@@ -112,19 +112,19 @@ def _paired_views(
     skip: int,
     topk: Mapping[str, str],
 ) -> dict[str, tuple[tf.data.Dataset, Lengths]]:
-    """Each side's preprocessed examples (with the top-k features of the sides in `topk`)
-    and its lengths, all sides over the same seeded order of the source."""
-    sides = {}
-    for side, (task_name, lengths) in tasks.items():
-        task = seqio.get_mixture_or_task(task_name)
-        if not isinstance(task, seqio.Task):
+    """Each task's preprocessed examples (with the top-k features of the tasks in `topk`)
+    and its lengths, all tasks over the same seeded order of the source."""
+    by_task = {}
+    for task, (task_name, lengths) in tasks.items():
+        seqio_task = seqio.get_mixture_or_task(task_name)
+        if not isinstance(seqio_task, seqio.Task):
             raise ValueError(f"paired batches need tasks, and {task_name} is a mixture")
-        views = _views(task, split, lengths, seed, shard, shuffle, num_epochs, skip)
-        if side in topk:
-            store = topk_store.Store(topk[side], task_name, split)
+        views = _views(seqio_task, split, lengths, seed, shard, shuffle, num_epochs, skip)
+        if task in topk:
+            store = topk_store.Store(topk[task], task_name, split)
             views = store.attach(views, EXAMPLE_HASH, lengths["targets"])
-        sides[side] = views, lengths
-    return sides
+        by_task[task] = views, lengths
+    return by_task
 
 
 def paired_batches(
@@ -138,24 +138,25 @@ def paired_batches(
     start_step: int = 0,
     topk: Mapping[str, str] | None = None,
 ) -> tf.data.Dataset:
-    """Per step `{side: features}` for `tasks = {side: (task name, feature lengths)}`, all
-    sides built from the same `batch_size` examples in the same order, each padded to its
+    """Per step `{task: features}` for `tasks = {task: (SeqIO task name, feature lengths)}`, all
+    tasks built from the same `batch_size` examples in the same order, each padded to its
     feature lengths.
 
     Every task must keep the same examples of `split` (the dsbs tasks of one dataset do on
     `train`, where the source keeps only parsed teacher outputs); otherwise the alignment
-    check fails. `topk` maps sides to the root of an offline teacher's top-k stores
-    (`topk_store`): those sides' features gain `teacher_topk_ids` and
+    check fails. `topk` maps tasks to the root of an offline teacher's top-k stores
+    (`topk_store`): those tasks' features gain `teacher_topk_ids` and
     `teacher_topk_logprobs`, `[targets length, k]` per example.
     """
     topk = topk or {}
     skip = start_step * batch_size
     views = _paired_views(tasks, split, seed, shard, shuffle, num_epochs, skip, topk)
-    sides = {}
-    for side, (examples, lengths) in views.items():
-        converter, converter_lengths = _converter(lengths, side in topk)
-        sides[side] = converter(examples, converter_lengths).batch(batch_size, drop_remainder=True)
-    return tf.data.Dataset.zip(sides).map(_check_aligned).prefetch(tf.data.AUTOTUNE)
+    batches = {}
+    for task, (examples, lengths) in views.items():
+        converter, converter_lengths = _converter(lengths, task in topk)
+        batched = converter(examples, converter_lengths).batch(batch_size, drop_remainder=True)
+        batches[task] = batched
+    return tf.data.Dataset.zip(batches).map(_check_aligned).prefetch(tf.data.AUTOTUNE)
 
 
 def packed_paired_batches(
@@ -170,16 +171,16 @@ def packed_paired_batches(
     topk: Mapping[str, str] | None = None,
     max_examples: int | None = None,
 ) -> Iterator[tuple[dict[str, dict[str, np.ndarray]], int]]:
-    """Per step `({side: packed features}, examples in the step)`: `paired_batches`' stream
-    of examples, from the `start_example`-th on, packed into each side's `shapes` rows by
-    `packing.pack_steps` (every side the same examples, in order). Each side's features
+    """Per step `({task: packed features}, examples in the step)`: `paired_batches`' stream
+    of examples, from the `start_example`-th on, packed into each task's `shapes` rows by
+    `packing.pack_steps` (every task the same examples, in order). Each task's features
     keep the example hashes of its rows' segments out: alignment is checked per example."""
     topk = topk or {}
     views = _paired_views(tasks, split, seed, shard, shuffle, num_epochs, start_example, topk)
-    examples = tf.data.Dataset.zip({side: v for side, (v, _) in views.items()})
+    examples = tf.data.Dataset.zip({task: v for task, (v, _) in views.items()})
     examples = examples.map(_check_aligned).prefetch(tf.data.AUTOTUNE)
     stream = (
-        {side: {k: v for k, v in ex.items() if k != EXAMPLE_HASH} for side, ex in pair.items()}
+        {task: {k: v for k, v in ex.items() if k != EXAMPLE_HASH} for task, ex in pair.items()}
         for pair in examples.as_numpy_iterator()
     )
     return packing.pack_steps(stream, shapes, max_examples)
@@ -194,13 +195,14 @@ def independent_batches(
     pack: bool = True,
     start_step: int = 0,
 ) -> tf.data.Dataset:
-    """Per step `{side: features}`, each side a task or mixture sampled independently.
+    """Per step `{task: features}`, each task's SeqIO task or mixture sampled
+    independently.
 
     A restart at `start_step` replays the skipped batches through the pipeline (SeqIO's
     mixture sampling has no cheaper way to jump); paired batches skip raw records instead.
     """
-    sides = {}
-    for index, (side, (name, lengths)) in enumerate(sorted(tasks.items())):
+    by_task = {}
+    for index, (task, (name, lengths)) in enumerate(sorted(tasks.items())):
         dataset = seqio.get_dataset(
             name,
             task_feature_lengths=dict(lengths),
@@ -211,5 +213,5 @@ def independent_batches(
             shard_info=shard,
             feature_converter=seqio.EncDecFeatureConverter(pack=pack),
         )
-        sides[side] = dataset.batch(batch_size, drop_remainder=True)
-    return tf.data.Dataset.zip(sides).skip(start_step).prefetch(tf.data.AUTOTUNE)
+        by_task[task] = dataset.batch(batch_size, drop_remainder=True)
+    return tf.data.Dataset.zip(by_task).skip(start_step).prefetch(tf.data.AUTOTUNE)

@@ -8,7 +8,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from dsbs_jax.data.release import NLI_SEPARATOR
+from dsbs_jax.data.datasets import NLI_SEPARATOR
 from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
 
 

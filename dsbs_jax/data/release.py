@@ -12,57 +12,22 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from etils import epath
 
-from dsbs_jax.data import metrics, teacher_outputs
+from dsbs_jax.data import teacher_outputs
+from dsbs_jax.data.datasets import SPLITS, Dataset, get
 
-SPLITS = ("train", "validation", "test")
-RELEASE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}  # ours -> on disk
 # The reference holds out validation with Hugging Face datasets'
 # `train_test_split(test_size=0.1, seed=0)` where the release has none.
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_SEED = 0
-# The reference joins premise and hypothesis with T5's EOS token string, no spaces.
-NLI_SEPARATOR = "</s>"
 
 
 class ReleaseError(Exception):
     """The release files are missing, malformed or inconsistent."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset's release files and how a gold row becomes a model input and label.
-
-    fields: what every row must have. id_field: the row's own id, if it has one; otherwise
-    the id is `{name}-{release split}-{row index in that file}`. has_validation: the
-    release has `{name}_valid.json`; if not, validation is held out of train.
-    label_matches: how a teacher label is scored against the gold one.
-    """
-
-    name: str
-    fields: tuple[str, ...]
-    build_input: Callable[[dict], str]
-    build_label: Callable[[dict], str]
-    id_field: str | None = None
-    has_validation: bool = False
-    label_matches: Callable[[str, str], bool] = metrics.labels_match
-
-    def release_split(self, split: str) -> str:
-        """The release split (file prefix) that holds our `split`."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: expected one of {SPLITS}")
-        return (
-            "train" if split == "validation" and not self.has_validation else RELEASE_SPLITS[split]
-        )
-
-    def rows_file(self, release_split: str) -> str:
-        """The gold rows' file name, e.g. `cqa_train.json` (validation: `rows_file(
-        release_split("validation"))`)."""
-        return f"{self.name}_{release_split}.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,110 +42,6 @@ class Example:
     teacher_rationale: str
     teacher_label: str
     teacher_parsed: bool
-
-
-def _cqa_input(row: dict) -> str:
-    choices = row["choices"]
-    if len(choices) != 5:
-        raise ValueError(f"expected 5 choices, found {len(choices)}")
-    lines = [row["question"], "Answer Choices:"]
-    lines += [f"({letter}) {choice}" for letter, choice in zip("abcde", choices, strict=True)]
-    return "\n".join(lines)
-
-
-def _nli_input(row: dict) -> str:
-    return row["premise"] + NLI_SEPARATOR + row["hypothesis"]
-
-
-def _nli_label(row: dict) -> str:
-    if row["label"] not in (0, 1, 2):
-        raise ValueError(f"label {row['label']!r} is not 0, 1 or 2")
-    return metrics.NLI_CLASSES[row["label"]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Field:
-    """A row's `name` field as the input or label: a value, so that two specs built from
-    the same field names are equal (registering one twice is not a conflict)."""
-
-    name: str
-
-    def __call__(self, row: dict) -> str:
-        return row[self.name]
-
-
-def _asdiv_label(row: dict) -> str:
-    """The number at the start of the answer, as the reference: `9 (apples)` -> `9`."""
-    return row["Answer"].split(" ")[0]
-
-
-def _asdiv_input(row: dict) -> str:
-    return row["Body"] + "\n" + row["Question"]
-
-
-_NLI_FIELDS = ("premise", "hypothesis", "label")
-SPECS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec(
-            name="cqa",
-            fields=("id", "question", "choices", "answer"),
-            build_input=_cqa_input,
-            build_label=Field("answer"),
-            id_field="id",
-        ),
-        DatasetSpec(
-            name="svamp",
-            fields=("input", "label"),
-            build_input=Field("input"),
-            build_label=Field("label"),
-            label_matches=metrics.equations_match,
-        ),
-        DatasetSpec(
-            name="esnli",
-            fields=_NLI_FIELDS,
-            build_input=_nli_input,
-            build_label=_nli_label,
-            has_validation=True,
-        ),
-        DatasetSpec(
-            name="anli1",
-            fields=("uid", *_NLI_FIELDS),
-            build_input=_nli_input,
-            build_label=_nli_label,
-            id_field="uid",
-            has_validation=True,
-        ),
-        DatasetSpec(
-            name="asdiv",
-            fields=("Body", "Question", "Answer"),
-            build_input=_asdiv_input,
-            build_label=_asdiv_label,
-            label_matches=metrics.equations_match,
-        ),
-        DatasetSpec(
-            name="synthetic",
-            fields=("id", "question", "answer"),
-            build_input=Field("question"),
-            build_label=Field("answer"),
-            id_field="id",
-            has_validation=True,
-        ),
-    )
-}
-
-
-def register_spec(spec: DatasetSpec) -> None:
-    """Add a user's dataset in the release layout (its TFDS builder then reads it)."""
-    if spec.name in SPECS and SPECS[spec.name] != spec:
-        raise ValueError(f"dataset {spec.name!r} already has a different spec")
-    SPECS[spec.name] = spec
-
-
-def dataset_spec(dataset: str) -> DatasetSpec:
-    if dataset not in SPECS:
-        raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(SPECS)}")
-    return SPECS[dataset]
 
 
 def _text(path: epath.Path) -> str:
@@ -249,12 +110,12 @@ def read_teacher_outputs(llm_dir: epath.Path, split: str) -> list[str]:
     return [output for path in teacher_chunk_files(llm_dir, split) for output in _read_chunk(path)]
 
 
-def _example(spec: DatasetSpec, row: dict, row_id: str, raw: str) -> Example:
+def _example(spec: Dataset, row: dict, row_id: str, raw: str) -> Example:
     model_input, label = spec.build_input(row), spec.build_label(row)
     if not (isinstance(model_input, str) and isinstance(label, str)):
         kinds = f"{type(model_input).__name__} and {type(label).__name__}"
         raise TypeError(f"the input and label must be text, got {kinds}")
-    parsed = teacher_outputs.parse(spec.name, raw)
+    parsed = teacher_outputs.parse_with(spec.answer_format, raw)
     return Example(
         id=row_id,
         input=model_input,
@@ -266,7 +127,7 @@ def _example(spec: DatasetSpec, row: dict, row_id: str, raw: str) -> Example:
     )
 
 
-def _examples(spec: DatasetSpec, path: epath.Path, release_split: str) -> list[Example]:
+def _examples(spec: Dataset, path: epath.Path, release_split: str) -> list[Example]:
     rows = read_rows(path)
     outputs = read_teacher_outputs(path.parent / "llm", release_split)
     if len(outputs) != len(rows):
@@ -306,13 +167,13 @@ def hold_out(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]
 
 
 def _release_split_examples(
-    manual_dir: epath.Path, spec: DatasetSpec, release_split: str
+    manual_dir: epath.Path, spec: Dataset, release_split: str
 ) -> list[Example] | None:
     path = epath.Path(manual_dir) / spec.name / spec.rows_file(release_split)
     return _examples(spec, path, release_split) if path.is_file() else None
 
 
-def _our_split(spec: DatasetSpec, split: str, examples: list[Example]) -> list[Example]:
+def _our_split(spec: Dataset, split: str, examples: list[Example]) -> list[Example]:
     """`split` out of the examples of the release split that holds it."""
     if spec.has_validation or split == "test":
         return examples
@@ -322,7 +183,7 @@ def _our_split(spec: DatasetSpec, split: str, examples: list[Example]) -> list[E
 
 def read_split(manual_dir: epath.Path, dataset: str, split: str) -> list[Example] | None:
     """Our `split` of `dataset`, or None when the release file that holds it is absent."""
-    spec = dataset_spec(dataset)
+    spec = get(dataset)
     examples = _release_split_examples(manual_dir, spec, spec.release_split(split))
     return None if examples is None else _our_split(spec, split, examples)
 
@@ -330,7 +191,7 @@ def read_split(manual_dir: epath.Path, dataset: str, split: str) -> list[Example
 def read_dataset(manual_dir: epath.Path, dataset: str) -> dict[str, list[Example]]:
     """The splits of `dataset` present in `manual_dir` (each release file read once); at
     least one must be."""
-    spec = dataset_spec(dataset)
+    spec = get(dataset)
     release_splits = sorted({spec.release_split(split) for split in SPLITS})
     read = {name: _release_split_examples(manual_dir, spec, name) for name in release_splits}
     present = {
@@ -348,7 +209,7 @@ def read_dataset(manual_dir: epath.Path, dataset: str) -> dict[str, list[Example
 def split_summary(examples: Sequence[Example], dataset: str) -> dict[str, float]:
     """Rows, unparsed teacher outputs, and the teacher's labels scored against the gold
     ones by the dataset's rule (unparsed outputs count as wrong); accuracy as a fraction."""
-    matches = dataset_spec(dataset).label_matches
+    matches = get(dataset).label_matches
     correct = sum(e.teacher_parsed and matches(e.label, e.teacher_label) for e in examples)
     return {
         "rows": len(examples),

@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from dsbs_jax.data import release, vocabulary
-from dsbs_jax.data.release import RELEASE_SPLITS, SPLITS
+from dsbs_jax.data.datasets import RELEASE_SPLITS, SPLITS
 from dsbs_jax.files import write_atomically
 
 NAME = "synthetic"

@@ -3,19 +3,16 @@
 A few-shot prompted teacher writes a rationale, an answer marker and the answer, and then
 often goes on to invent the next exemplar. Each dataset's `AnswerFormat` says where to cut
 that invention off, which marker ends the rationale, and how to pick the label out of the
-text after it. The defaults are the rules of the paper's reference code
-(google-research/distilling-step-by-step, `data_utils.py`), so that its teacher accuracies
-reproduce. An output that does not fit its format is flagged for callers to count and
-drop; it is never turned into a plausible-looking label.
+text after it. Each dataset declares its format (`datasets.py`: the paper's follow the
+rules of its reference code, google-research/distilling-step-by-step's `data_utils.py`, so
+that its teacher accuracies reproduce); a prompt file may give one for a dataset not
+declared. An output that does not fit its format is flagged for callers to count and drop;
+it is never turned into a plausible-looking label.
 """
 
 import dataclasses
 import re
 
-# CQA: the choice text after the first "(x)" letter, up to the next letter or the end.
-_CHOICE_AFTER_LETTER = r"\(.\)([\s\S]*?)(?:\(.\)|\Z)"
-# SVAMP: from the first "(" to the last ")" on the same line, e.g. "(84 / 2)".
-_PARENTHESISED = r"\(.*\)"
 _EVERYTHING = r"[\s\S]*"
 
 
@@ -60,25 +57,15 @@ class TeacherOutput:
     problem: str = ""
 
 
-_SVAMP = AnswerFormat(
-    "Q:", "The answer is", _PARENTHESISED, "parenthesised equation", drop_final_period=False
-)
-
-ANSWER_FORMATS: dict[str, AnswerFormat] = {
-    "cqa": AnswerFormat("Q:", "So the answer is", _CHOICE_AFTER_LETTER, "'(x)' choice letter"),
-    "svamp": _SVAMP,
-    "asdiv": _SVAMP,
-    "esnli": AnswerFormat("Premise", "Answer:", drop_final_period=False),
-    "anli1": AnswerFormat("Premise:", "So the answer is"),
-    "synthetic": AnswerFormat("Q:", "So the answer is"),
-}
+# Each dataset's, from its declaration (`datasets.declare`), and those prompt files give.
+ANSWER_FORMATS: dict[str, AnswerFormat] = {}
 # A user's dataset that declares no format of its own: its chain-of-thought targets and an
 # automatic prompt's teacher state the answer so.
 DEFAULT_ANSWER_FORMAT = AnswerFormat(cut_at="Q:", marker="So the answer is")
 
 
 def register_answer_format(name: str, fmt: AnswerFormat) -> None:
-    """Adds a user's dataset. Registering a different format under a taken name is an
+    """Adds a dataset's format. Registering a different format under a taken name is an
     error, so that one dataset cannot silently change another's labels."""
     if name in ANSWER_FORMATS and ANSWER_FORMATS[name] != fmt:
         raise ValueError(f"dataset {name!r} already has answer format {ANSWER_FORMATS[name]}")
@@ -90,11 +77,6 @@ def answer_format(dataset: str) -> AnswerFormat:
         known = ", ".join(sorted(ANSWER_FORMATS))
         raise ValueError(f"no answer format for dataset {dataset!r}; known: {known}")
     return ANSWER_FORMATS[dataset]
-
-
-def answer_phrase(dataset: str) -> str:
-    """The phrase that introduces the answer, for `rationale + " " + phrase + " " + label`."""
-    return answer_format(dataset).marker
 
 
 def _unparsed(raw: str, problem: str) -> TeacherOutput:

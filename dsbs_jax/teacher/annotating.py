@@ -23,7 +23,7 @@ import pathlib
 from collections.abc import Sequence
 
 from dsbs_jax import cli, files, jsonl, progress
-from dsbs_jax.data import release, teacher_outputs
+from dsbs_jax.data import datasets, teacher_outputs
 from dsbs_jax.data.annotations import ROW_KEYS, release_output
 from dsbs_jax.teacher import confidence
 from dsbs_jax.teacher.backends import Teacher
@@ -179,7 +179,7 @@ def rewrite(
 
 def write_release(
     output_dir: pathlib.Path,
-    spec: release.DatasetSpec,
+    spec: datasets.Dataset,
     split: str,
     examples: list[Example],
     rows: dict[Id, dict],

@@ -7,14 +7,14 @@ agree with the vote; `auto_prompt` trusts a zero-shot answer as an exemplar only
 
 from collections.abc import Callable, Sequence
 
-from dsbs_jax.data import metrics, release
+from dsbs_jax.data import datasets, metrics
 
 Matcher = Callable[[str, str], bool]
 
 
 def label_matcher(dataset: str) -> Matcher:
     """The dataset's rule for two labels being the same answer; exact (stripped) otherwise."""
-    spec = release.SPECS.get(dataset)
+    spec = datasets.DATASETS.get(dataset)
     return spec.label_matches if spec else metrics.labels_match
 
 

@@ -53,7 +53,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     @property
     @abc.abstractmethod
     def dataset(self) -> str:
-        """The dataset's name in the release layout and in `release.SPECS`."""
+        """The dataset's name in the release layout and in `datasets.DATASETS`."""
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

@@ -1,17 +1,16 @@
 """TFDS builders for users' JSONL datasets (`jsonl_dataset`), made at run time: `dsbs_{name}`.
 
 A user names their fields in a task module rather than writing a builder, so the builder
-class is made from a `JsonlLayout` by `make_builder`, which also registers it for
-`dsbs-prepare` (`BUILDERS`) and its release spec for the summary table.
+class is made from a `JsonlLayout` by `make_builder`, which keeps it for `dsbs-prepare`
+(`BUILDERS`); `tasks.jsonl.jsonl_dataset` declares the dataset beside it.
 """
 
-import types
 from typing import ClassVar
 
 from etils import epath
 
-from dsbs_jax.data import jsonl_dataset, release
-from dsbs_jax.data.builders import BUILDERS
+from dsbs_jax.data import datasets, jsonl_dataset, release
+from dsbs_jax.data.builders import BUILDERS, new_builder
 from dsbs_jax.data.builders.base import ReleaseBuilder
 
 
@@ -30,32 +29,21 @@ class JsonlBuilder(ReleaseBuilder, skip_registration=True):
 
 
 def make_builder(layout: jsonl_dataset.JsonlLayout) -> type[JsonlBuilder]:
-    """The builder of `layout`'s dataset, registered in `BUILDERS` with its release spec.
+    """The builder of `layout`'s dataset, kept in `BUILDERS`.
 
     Calling it again with the same layout returns the same class; another layout under a
     taken name (a built-in dataset's or a JSONL one's) is a ValueError, so that one module
     cannot silently change what another dataset is built from."""
     existing = BUILDERS.get(layout.name)
-    if existing is not None and not issubclass(existing, JsonlBuilder):
-        raise ValueError(f"dataset {layout.name!r} is built in: expected another name")
+    if layout.name in datasets.DATASETS and not (existing and issubclass(existing, JsonlBuilder)):
+        raise ValueError(
+            f"dataset {layout.name!r} is built in or declared otherwise: expected another name"
+        )
     if existing is not None and existing.layout != layout:
         raise ValueError(
             f"dataset {layout.name!r} is already declared as {existing.layout}: expected the "
             "same fields, or another name"
         )
-    release.register_spec(jsonl_dataset.dataset_spec(layout))
     if existing is None:
-        class_name = "Dsbs" + layout.name.title().replace("_", "")
-        attributes = {
-            "name": f"dsbs_{layout.name}",
-            "dataset": layout.name,
-            "layout": layout,
-            "__module__": __name__,  # TFDS finds a builder's package by it
-        }
-        # Not in TFDS's registry: a class per call would clash there; TFDS reads the built
-        # data from the data dir by name without it.
-        keywords = {"skip_registration": True}
-        BUILDERS[layout.name] = types.new_class(
-            class_name, (JsonlBuilder,), keywords, lambda namespace: namespace.update(attributes)
-        )
+        BUILDERS[layout.name] = new_builder(JsonlBuilder, layout.name, layout=layout)
     return BUILDERS[layout.name]
