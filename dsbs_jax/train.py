@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import jax
 import numpy as np
 import seqio
+import tensorflow as tf
 from etils import epath
 
 import gin
@@ -154,6 +155,19 @@ def check_batch(
         )
 
 
+def _token_counts(dataset: tf.data.Dataset, features: Sequence[str]) -> dict | None:
+    """Each feature's length in every example (None for no example): counted by TensorFlow
+    and read as one batch, not example by example in Python."""
+
+    @tf.autograph.experimental.do_not_convert
+    def count(example: dict) -> dict:
+        return {feature: tf.size(example[feature]) for feature in features}
+
+    counted = dataset.map(count, num_parallel_calls=tf.data.AUTOTUNE)
+    batch = next(counted.batch(LENGTH_SCAN_EXAMPLES).as_numpy_iterator(), None)
+    return None if batch is None else {feature: batch[feature].tolist() for feature in features}
+
+
 def check_lengths(
     tasks: Mapping[str, tuple[str, Lengths]], allow_truncation: bool
 ) -> dict[str, np.ndarray]:
@@ -166,13 +180,10 @@ def check_lengths(
         dataset = seqio.get_mixture_or_task(name).get_dataset(
             None, split=TRAIN, shuffle=False, num_epochs=1
         )
-        sizes = {feature: [] for feature in lengths}
-        for example in dataset.take(LENGTH_SCAN_EXAMPLES).as_numpy_iterator():
-            for feature in lengths:
-                sizes[feature].append(len(example[feature]))
+        sizes = _token_counts(dataset.take(LENGTH_SCAN_EXAMPLES), tuple(lengths))
+        if sizes is None:
+            raise ConfigError(f"task {name!r} has no training examples")
         for feature, limit in lengths.items():
-            if not sizes[feature]:
-                raise ConfigError(f"task {name!r} has no training examples")
             over = sum(size > limit for size in sizes[feature])
             if over:
                 key = "inputs" if feature == "inputs" else task

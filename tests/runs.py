@@ -24,6 +24,11 @@ TINY = dict(
 TINY_MODEL = [f"--gin.T5Config.{name}={value}" for name, value in TINY.items()]
 
 
+# For runs compared by their losses and parameters only: the last step's validation still
+# runs (a step's checkpoint is ranked by it), the decoding of `final_eval_splits` does not.
+NO_FINAL_EVAL = "--gin.train.final_eval_splits=[]"
+
+
 def flags(model_dir: Path, data_dir: Path, steps: int, *extra: str) -> list[str]:
     """The quickstart with a tiny model, few steps, per-step logs and a short evaluation."""
     return [

@@ -21,7 +21,11 @@ FRACTION = "0.1"
 def teacher(tmp_path_factory, tfds_data_dir):
     """A tiny model trained on the task for a while: a teacher with opinions."""
     model_dir = tmp_path_factory.mktemp("teacher")
-    runs.run(runs.flags(model_dir, tfds_data_dir, 120, "--gin.CHECKPOINT_PERIOD=1000"))
+    runs.run(
+        runs.flags(
+            model_dir, tfds_data_dir, 120, "--gin.CHECKPOINT_PERIOD=1000", runs.NO_FINAL_EVAL
+        )
+    )
     return model_dir / "checkpoints"
 
 
@@ -85,7 +89,7 @@ def test_the_store_holds_the_teachers_own_top_k_for_the_tasks_targets(
 
 def _distil(model_dir, tfds_data_dir, *teacher_flags):
     flags = ["--gin.KD_WEIGHT=1.0", "--gin.KD_TEMPERATURE=2.0", "--gin.CHECKPOINT_PERIOD=1000"]
-    flags.append(f"--gin.TRAIN_FRACTION={FRACTION}")
+    flags += [f"--gin.TRAIN_FRACTION={FRACTION}", runs.NO_FINAL_EVAL]
     runs.run(runs.flags(model_dir, tfds_data_dir, STEPS, *flags, *teacher_flags))
     return {tag: read_scalars(model_dir / "train", tag) for tag in ("loss", "loss/kd")}
 

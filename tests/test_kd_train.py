@@ -45,6 +45,7 @@ def _kd_flags(teacher: Path, *extra: str) -> list[str]:
         "--gin.train.hidden_layers=[('encoder:-1', 'encoder:-1'), ('decoder:0', 'decoder:-1')]",
         f"--gin.optimizers.adamw.total_steps={STEPS}",
         "--gin.CHECKPOINT_PERIOD=1000",
+        runs.NO_FINAL_EVAL,
         *extra,
     ]
 
