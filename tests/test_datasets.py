@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import seqio
 
-from dsbs_jax.data import builders, datasets, metrics, teacher_outputs
+from dsbs_jax.data import builders, datasets, metrics, synthetic, teacher_outputs
 from dsbs_jax.data.teacher_outputs import AnswerFormat
 from tasks import registry
 
@@ -56,6 +56,8 @@ def test_the_paper_datasets_are_declared_with_their_reference_rules():
     ]  # fmt: skip
     assert datasets.get("svamp").label_matches("(3 + 4)", "(4 + 3)")
     assert datasets.get("esnli").answer_phrase == "Answer:"
+    # The generator writes its rule-based teacher's answers with the declared marker.
+    assert datasets.get("synthetic").answer_phrase == synthetic.ANSWER_MARKER
     assert datasets.get("synthetic").vocabulary_file("/data", "t5.model") == (
         "/data/dsbs_synthetic/sentencepiece.model"
     )
