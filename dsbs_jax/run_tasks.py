@@ -5,6 +5,7 @@ the splits asked for exist. `dsbs-train` and `dsbs-eval` both start here."""
 from collections.abc import Sequence
 
 import seqio
+import tensorflow_datasets as tfds
 
 from dsbs_jax import losses
 from dsbs_jax.data.pairing import Lengths
@@ -45,8 +46,11 @@ def check_prepared(task_name: str) -> None:
     """Every task of `task_name` finds its dataset: otherwise SeqIO only says, at the first
     batch, that the task "has no splits"."""
     for task in seqio.get_subtasks(seqio.get_mixture_or_task(task_name)):
-        if task.source.splits:
-            continue
+        try:
+            if task.source.splits:
+                continue
+        except tfds.core.DatasetNotFoundError:  # not prepared, and no builder class known
+            pass
         source = getattr(task.source, "tfds_dataset", None)
         if source is None:
             raise ConfigError(f"task {task.name}: its data source has no splits")
