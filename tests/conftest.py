@@ -20,7 +20,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import pytest  # noqa: E402
 
-# Test modules that take longest, longest first: the two workers start them first, so that
+# Test modules that take longest, longest first: the workers start them first, so that
 # no long module is left running alone at the end. The rest follow in file order.
 SLOWEST_MODULES = (
     "test_readme.py",
