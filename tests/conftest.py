@@ -94,3 +94,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if XLA_CACHE:
         shutil.rmtree(XLA_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def declaration_tables():
+    """The tables a dataset declaration fills, restored after the test."""
+    from dsbs_jax.data import builders, datasets, teacher_outputs
+
+    tables = (builders.BUILDERS, datasets.DATASETS, teacher_outputs.ANSWER_FORMATS)
+    saved = [(table, dict(table)) for table in tables]
+    yield
+    for table, contents in saved:
+        table.clear()
+        table.update(contents)

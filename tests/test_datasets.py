@@ -25,14 +25,8 @@ PLANETS = datasets.Dataset(
 
 
 @pytest.fixture(autouse=True)
-def registries():
-    """The tables a declaration fills, as they were before each test."""
-    tables = (builders.BUILDERS, datasets.DATASETS, teacher_outputs.ANSWER_FORMATS)
-    saved = [(table, dict(table)) for table in tables]
-    yield
-    for table, contents in saved:
-        table.clear()
-        table.update(contents)
+def _restore(declaration_tables):
+    """Each test's declarations are undone after it."""
 
 
 def test_the_builder_format_and_tasks_come_from_the_declaration(small_vocabulary, tmp_path):

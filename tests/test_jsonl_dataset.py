@@ -31,14 +31,8 @@ TICKETS = JsonlLayout(NAME, "body", "queue", id_field="ticket", rationale_field=
 
 
 @pytest.fixture(autouse=True)
-def registries():
-    """The registries a dataset declaration fills, as they were before each test."""
-    tables = (builders.BUILDERS, datasets.DATASETS, teacher_outputs.ANSWER_FORMATS)
-    saved = [(table, dict(table)) for table in tables]
-    yield
-    for table, contents in saved:
-        table.clear()
-        table.update(contents)
+def _restore(declaration_tables):
+    """Each test's declarations are undone after it."""
 
 
 def ticket_rows(count: int, start: int = 0) -> list[dict]:
