@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from openai_server import FakeOpenAI, synthetic_run_flags  # noqa: E402
 
-from dsbs_jax import annotate  # noqa: E402
 from dsbs_jax.data import synthetic  # noqa: E402
+from dsbs_jax.programs import annotate  # noqa: E402
 
 
 def log(message: str) -> None:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from openai_server import MODEL, FakeOpenAI  # noqa: E402
 
-from dsbs_jax import annotate  # noqa: E402
 from dsbs_jax.data import release, synthetic, teacher_outputs  # noqa: E402
+from dsbs_jax.programs import annotate  # noqa: E402
 from dsbs_jax.teacher import auto_prompt, voting  # noqa: E402
 
 WRONG = 0.15

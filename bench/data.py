@@ -17,8 +17,8 @@ import time
 from common import log
 
 import tasks
-from dsbs_jax import prepare
 from dsbs_jax.data import pairing, release, vocabulary
+from dsbs_jax.programs import prepare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

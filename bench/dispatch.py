@@ -4,11 +4,12 @@ JAX dispatches a step and returns before the devices finish it. A loop that then
 step's metrics (for logs and the NaN guard) waits for the step to end before it prepares
 the next batch, so the host's work (the input pipeline, packing, placing the batch) and
 the devices' work take turns. Reading them one step late, as `dsbs-train`'s loop does
-(`train._Loop`), lets the host prepare batch s + 1 while the devices compute step s.
+(`programs/train.py`'s `_Loop`), lets the host prepare batch s + 1 while the devices
+compute step s.
 
 Both loops here run the quickstart's model and data as `dsbs-train` does: packed paired
-batches of the synthetic task (`train.host_batches`, rows planned by
-`train.plan_packing`), `Trainer.run_train_step`, and a `jax.device_get` of the metrics,
+batches of the synthetic task (`training_split.host_batches`, rows planned by
+`training_split.plan_packing`), `Trainer.run_train_step`, and a `jax.device_get` of the metrics,
 either right after the step (synced) or after the next one is dispatched (lagged). Each
 prints its median step time and, per step, where the host spent it: building the batch,
 and waiting for metrics. On a CPU the "devices" are the same cores as the host, so the
@@ -29,7 +30,9 @@ from common import log
 
 import gin
 import tasks
-from dsbs_jax import gin_utils, partitioning, prepare, run_tasks, train
+from dsbs_jax import gin_utils, partitioning, run_tasks
+from dsbs_jax.data import training_split
+from dsbs_jax.programs import prepare
 from dsbs_jax.trainer import Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,8 +51,8 @@ def quickstart():
 
 
 def run(trainer, state, batches, steps: int, lagged: bool) -> dict[str, list[float]]:
-    """`steps` steps of `train.host_batches`' packed batches; per step its wall time, the time
-    to build its batch, and the time the host waited for metrics."""
+    """`steps` steps of `training_split.host_batches`' packed batches; per step its wall
+    time, the time to build its batch, and the time the host waited for metrics."""
     times = {"step": [], "batch": [], "wait": []}
     pending = None
     for _ in range(steps):
@@ -86,15 +89,17 @@ def main() -> None:
         tasks.register(data_dir=str(data_dir))
         config, optimizer, lengths = quickstart()
         by_task = run_tasks.task_lengths("dsbs", SIDES["label"], SIDES["rationale"], lengths)
-        scanned = train.check_lengths(by_task, allow_truncation=False)
+        scanned = training_split.check_lengths(by_task, allow_truncation=False)
         mesh = partitioning.make_mesh()
         shards = partitioning.batch_shards(mesh)
-        shapes = train.plan_packing(by_task, scanned, args.batch, shards, seed=0)
+        shapes = training_split.plan_packing(by_task, scanned, args.batch, shards, seed=0)
         trainer = Trainer(config, optimizer, mesh, {"label": 0.5, "rationale": 0.5})
         figures = {}
         for name, lagged in (("synced", False), ("lagged", True)):
             state = trainer.create_state(seed=0)
-            batches = train.host_batches(by_task, args.batch, 0, 1, [0], True, None, shapes)
+            batches = training_split.host_batches(
+                by_task, args.batch, 0, 1, [0], True, None, shapes
+            )
             log(f"{name}: compiling and warming up")
             run(trainer, state, batches, 3, lagged)
             state = trainer.create_state(seed=0)

@@ -18,11 +18,11 @@ top-level `NAME = value` lines only, the last one winning, as in gin): its `MODE
    with abstract arguments (`memory.compile_step`: nothing the size of the model is
    allocated), and XLA's `cost_analysis()` gives its FLOPs, as `Trainer.flops_per_step`
    reads them. Each distinct step is compiled once.
-   - packed (how `dsbs-train` runs, `train.pack`): a step packs `BATCH_SIZE` examples *on
+   - packed (how `dsbs-train` runs, `Data.pack`): a step packs `BATCH_SIZE` examples *on
      average* into each task's `RowShape(rows, inputs, targets)` rows, sized as the
-     trainer sizes them at start-up: `train.plan_packing` (one device, one shard:
+     trainer sizes them at start-up: `training_split.plan_packing` (one device, one shard:
      `row_multiple=1`, seed 0) from the token lengths of each task's first 2,000 training
-     examples (`train.check_lengths`) under the run's feature lengths. So the step is
+     examples (`training_split.check_lengths`) under the run's feature lengths. So the step is
      compiled for those rows with the features `packing.pack_rows` produces (segment ids
      and positions too), once per distinct (mode, rows). The token lengths come from the
      release (`--manual_dir`, default ../shared/datasets): each dataset is built
@@ -115,7 +115,7 @@ DEFAULT_GRID = ROOT / "gin" / "runs" / "paper" / "grid.json"
 DEFAULT_MANUAL_DIR = ROOT.parent / "shared" / "datasets"
 # bench/train_step.py's defaults: the step whose FLOP/s this machine has been measured at.
 MEASURE = {"size": "small", "batch": 16, "inputs": 128, "rationale": 64, "label": 8}
-# dsbs-train's train.eval_batch_size (not bound by the paper's gin files).
+# dsbs-train's Evaluation.batch_size (not bound by the paper's gin files).
 EVAL_BATCH = 64
 # (validation, test) examples of the release: CQA and SVAMP hold 10% of train out for
 # validation (ceil(0.1 x 9,741), ceil(0.1 x 800)); e-SNLI and ANLI-R1 have their own.
@@ -306,17 +306,18 @@ def stand_in_vocabulary(manual_dir: pathlib.Path, directory: pathlib.Path) -> st
 def scan_split(
     by_task: Mapping[str, tuple[str, Mapping[str, int]]], split: str, parsed_task: str
 ) -> dict[str, np.ndarray]:
-    """`train.check_lengths`' `[n, 2]` (inputs, targets) token lengths per task, from `split`:
-    check_lengths itself for the training split (truncation allowed: `plan_rows` clips to
-    the caps, as the trainer would), the same scan of another split otherwise, over the
-    examples whose teacher output parsed (those of `parsed_task`, a rationale task), as the
-    training split's source keeps only those: so every task scans the same examples."""
+    """`training_split.check_lengths`' `[n, 2]` (inputs, targets) token lengths per task,
+    from `split`: check_lengths itself for the training split (truncation allowed:
+    `plan_rows` clips to the caps, as the trainer would), the same scan of another split
+    otherwise, over the examples whose teacher output parsed (those of `parsed_task`, a
+    rationale task), as the training split's source keeps only those: so every task scans
+    the same examples."""
     import seqio
 
-    from dsbs_jax import train
+    from dsbs_jax.data import training_split
 
-    if split == train.TRAIN:
-        return train.check_lengths(by_task, allow_truncation=True)
+    if split == training_split.TRAIN:
+        return training_split.check_lengths(by_task, allow_truncation=True)
 
     def examples(name: str) -> Iterator[dict]:
         task = seqio.get_mixture_or_task(name)
@@ -328,7 +329,7 @@ def scan_split(
         kept = (e for e in examples(name) if e["id"] in parsed)
         lengths = [
             (len(e["inputs"]), len(e["targets"]))
-            for e in itertools.islice(kept, train.LENGTH_SCAN_EXAMPLES)
+            for e in itertools.islice(kept, training_split.LENGTH_SCAN_EXAMPLES)
         ]
         if not lengths:
             raise SystemExit(f"task {name!r} has no {split} examples with a parsed teacher output")
@@ -344,7 +345,9 @@ def packed_rows(
     import seqio
 
     import tasks
-    from dsbs_jax import prepare, run_tasks, train
+    from dsbs_jax import run_tasks
+    from dsbs_jax.data import training_split
+    from dsbs_jax.programs import prepare
     from tasks.naming import task_name
 
     datasets = sorted({run.dataset for run in runs})
@@ -364,9 +367,9 @@ def packed_rows(
             )
             split = splits.setdefault(
                 run.dataset,
-                train.TRAIN
-                if train.TRAIN in seqio.get_mixture_or_task(label).splits
-                else train.VALIDATION,
+                training_split.TRAIN
+                if training_split.TRAIN in seqio.get_mixture_or_task(label).splits
+                else "validation",
             )
             key = (
                 run.shape.batch,
@@ -375,7 +378,9 @@ def packed_rows(
             )
             if key not in plans:
                 scanned = scan_split(by_task, split, task_name(run.dataset, "rationale"))
-                plans[key] = train.plan_packing(by_task, scanned, run.shape.batch, 1, seed=0)
+                plans[key] = training_split.plan_packing(
+                    by_task, scanned, run.shape.batch, 1, seed=0
+                )
                 longest = ", ".join(
                     f"{task} {tuple(int(v) for v in scanned[task].max(axis=0))} of "
                     f"{len(scanned[task])}"
@@ -383,7 +388,7 @@ def packed_rows(
                 )
                 log(
                     f"{run.dataset} {run.method} ({split}, longest (inputs, targets) {longest}): "
-                    + train.describe_packing(plans[key], by_task, run.shape.batch, 1)
+                    + training_split.describe_packing(plans[key], by_task, run.shape.batch, 1)
                 )
             rows[run] = plans[key]
     return rows, splits

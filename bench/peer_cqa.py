@@ -39,7 +39,7 @@ here): bound are only MODEL_DIR, DATA_DIR, VOCABULARY, BATCH_SIZE (`--batch`), T
 `checkpoints.save_hf`), CHECKPOINT_PERIOD and EVAL_PERIOD beyond the run, no final
 evaluation, a log every step, and a small evaluation at the last step (the trainer always
 evaluates there; it comes after the timed steps). `--extra_gin NAME=VALUE` passes further
-bindings (say `train.pack=False`, or `INPUT_LENGTH=64` for a quick smoke test). Its examples
+bindings (say `Data.pack=False`, or `INPUT_LENGTH=64` for a quick smoke test). Its examples
 per second are read from the TensorBoard scalars under MODEL_DIR/train, the first `--warmup`
 steps (compilation) dropped: their examples (`examples_per_step`) over their seconds. Its
 positions per example are its `positions_per_example` scalar. Both sides' non-padding tokens
@@ -72,8 +72,9 @@ from data import ROOT, stand_in_vocabulary
 
 import gin
 import tasks
-from dsbs_jax import checkpoints, gin_utils, prepare
+from dsbs_jax import checkpoints, gin_utils
 from dsbs_jax.models import T5Config
+from dsbs_jax.programs import prepare
 from dsbs_jax.writers import read_scalars
 
 if TYPE_CHECKING:
@@ -340,8 +341,8 @@ def our_command(
         "EVAL_PERIOD": total + 1,
         "train.final_eval_splits": [],
         "train.log_period": 1,
-        "train.eval_examples": EVAL_EXAMPLES,
-        "train.eval_batch_size": EVAL_EXAMPLES,
+        "Evaluation.examples": EVAL_EXAMPLES,
+        "Evaluation.batch_size": EVAL_EXAMPLES,
     }
     return [
         sys.executable,

@@ -1,8 +1,8 @@
 """What a CQA validation pass of teacher-forced losses costs, padded versus packed.
 
 Every `EVAL_PERIOD` steps `dsbs-train` computes each task's teacher-forced loss on the
-validation split (`train.Validation.task_losses`). Padded, every example costs the feature
-lengths; packed (`train.pack`, the default), its own tokens. This builds `dsbs_cqa` from
+validation split (`evaluation.Validation.task_losses`). Padded, every example costs the feature
+lengths; packed (`Data.pack`, the default), its own tokens. This builds `dsbs_cqa` from
 the release (`--manual_dir`) with a stand-in SentencePiece vocabulary (`data.py`'s: T5's is
 not on this machine), takes the paper grid's CQA lengths from
 `gin/runs/paper/dataset/cqa.gin`, and times both passes (label and rationale tasks, 975
@@ -23,7 +23,8 @@ from common import SIZES, init_params, log
 from data import register_cqa
 
 import gin
-from dsbs_jax import gin_utils, optimizers, partitioning, run_tasks, train
+from dsbs_jax import evaluation, gin_utils, optimizers, partitioning, run_tasks
+from dsbs_jax.data import training_split
 from dsbs_jax.inference import params_sharding
 from dsbs_jax.trainer import Trainer
 
@@ -41,7 +42,7 @@ def grid_lengths() -> dict[str, int]:
     return lengths
 
 
-def positions(validation: train.Validation) -> int:
+def positions(validation: evaluation.Validation) -> int:
     return sum(
         batch["encoder_input_tokens"].size + batch["decoder_target_tokens"].size
         for batches in validation.loss_batches.values()
@@ -52,7 +53,7 @@ def positions(validation: train.Validation) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--batch", type=int, default=64, help="train.eval_batch_size")
+    parser.add_argument("--batch", type=int, default=64, help="Evaluation.batch_size")
     parser.add_argument("--runs", type=int, default=1, help="timed passes of each")
     parser.add_argument("--manual_dir", type=pathlib.Path, default=ROOT.parent / "shared/datasets")
     args = parser.parse_args()
@@ -60,19 +61,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         register_cqa(args.manual_dir, pathlib.Path(directory))
         sides = run_tasks.task_lengths("dsbs", "dsbs_cqa_label_gt", "dsbs_cqa_rationale", lengths)
-        scanned = train.check_lengths(sides, allow_truncation=False)
+        scanned = training_split.check_lengths(sides, allow_truncation=False)
         config = SIZES[args.size]
         mesh = partitioning.make_mesh()
         weights = {"label": 0.5, "rationale": 0.5}
         trainer = Trainer(config, optimizers.adamw(1, 1e-4), mesh, weights)
         params = partitioning.place(init_params(config), params_sharding(config, mesh))
         shapes = {
-            side: train.plan_packing({side: sides[side]}, scanned, args.batch, 1, 0)[side]
+            side: training_split.plan_packing({side: sides[side]}, scanned, args.batch, 1, 0)[side]
             for side in sides
         }
         passes = {
-            "padded": train.Validation(trainer, sides, args.batch, None),
-            "packed": train.Validation(trainer, sides, args.batch, None, shapes),
+            "padded": evaluation.Validation(trainer, sides, args.batch, None),
+            "packed": evaluation.Validation(trainer, sides, args.batch, None, shapes),
         }
         figures, results = {}, {}
         for name, validation in passes.items():

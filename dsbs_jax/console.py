@@ -108,9 +108,9 @@ def quiet_import(name: str) -> types.ModuleType:
 
 
 def program(module: str) -> int:
-    """An installed command: import `dsbs_jax.<module>` quietly, run its `main`."""
+    """An installed command: import `dsbs_jax.programs.<module>` quietly, run its `main`."""
     quiet_native_logs(override=True)
-    return quiet_import(f"dsbs_jax.{module}").main()
+    return quiet_import(f"dsbs_jax.programs.{module}").main()
 
 
 # The installed commands (pyproject's [project.scripts]); `python -m dsbs_jax.train` runs

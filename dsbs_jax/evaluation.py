@@ -5,7 +5,8 @@ it is given, in batches of similar input length, lets SeqIO postprocess and scor
 predictions with the task's metrics, and returns per-example rows (id, input, target,
 prediction, parsed prediction, correct) for a predictions file. Every host reads the whole
 split and decodes its share of each batch (`decode` gathers the rows back), so all hosts
-see all results.
+see all results. `Validation` is a training run's periodic evaluation: each task's
+teacher-forced loss, and the label task's metrics.
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -14,9 +15,15 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from dsbs_jax import losses, partitioning
+from dsbs_jax.data import packing
+from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.progress import Counter
+from dsbs_jax.trainer import Trainer
 
 Decode = Callable[[np.ndarray], np.ndarray]
+Lengths = Mapping[str, int]
+VALIDATION = "validation"
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -155,3 +162,91 @@ def _correct(scores: list[dict]) -> bool | None:
     (a rationale's ROUGE)."""
     accuracy = scores[0].get("accuracy") if scores else None
     return None if accuracy is None else accuracy == 100.0
+
+
+class Validation:
+    """Teacher-forced loss per task, and the label task's metrics from greedy decoding, on
+    the validation split (never test: runs are selected on validation)."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        tasks: Mapping[str, tuple[str, Lengths]],
+        batch_size: int,
+        num_examples: int | None,
+        shapes: Mapping[str, packing.RowShape] | None = None,
+    ):
+        self.trainer, self.batch_size, self.tasks = trainer, batch_size, tasks
+        self.loss_batches = {
+            task: list(self._loss_dataset(name, lengths, num_examples, shapes and shapes.get(task)))
+            for task, (name, lengths) in tasks.items()
+        }
+        name, lengths = tasks[losses.LABEL]
+        self.label = TaskEvaluator(name, VALIDATION, lengths, batch_size, num_examples)
+
+    def _loss_dataset(
+        self,
+        name: str,
+        lengths: Lengths,
+        num_examples: int | None,
+        shape: packing.RowShape | None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of each task of `name` (a mixture's tasks one after another, in full:
+        sampling a mixture would stop at its first exhausted task), packed into `shape`'s
+        rows, or padded batches of `batch_size` examples without a shape."""
+        for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+            if VALIDATION not in task.splits:
+                continue
+            if shape is not None:
+                examples = task.get_dataset(
+                    dict(lengths), split=VALIDATION, shuffle=False, num_epochs=1
+                )
+                if num_examples:
+                    examples = examples.take(num_examples)
+                stream = (
+                    {"task": {k: ex[k] for k in ("inputs", "targets")}}
+                    for ex in examples.as_numpy_iterator()
+                )
+                for batch, _ in packing.pack_steps(stream, {"task": shape}):
+                    yield batch["task"]
+                continue
+            dataset = seqio.get_dataset(
+                task.name,
+                task_feature_lengths=dict(lengths),
+                dataset_split=VALIDATION,
+                shuffle=False,
+                num_epochs=1,
+                feature_converter=seqio.EncDecFeatureConverter(pack=False),
+            )
+            if num_examples:
+                dataset = dataset.take(num_examples)
+            for batch in padded_batches(dataset, self.batch_size):
+                batch.pop("rows")
+                yield batch
+
+    def task_losses(self, params) -> dict[str, float]:
+        figures = {}
+        for task, batches in self.loss_batches.items():
+            total, tokens = 0.0, 0.0
+            for batch in batches:
+                global_batch = partitioning.whole_batch(self.trainer.mesh, batch)
+                sums = self.trainer.run_eval_step(params, {task: global_batch})[task]
+                total, tokens = total + float(sums[0]), tokens + float(sums[1])
+            figures[f"loss/{task}"] = total / max(tokens, 1.0)
+        return figures
+
+    def evaluate(self, params) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        """Validation losses and the label task's metrics (per task of a mixture, and their
+        mean as `accuracy` when they have one), plus per-example rows."""
+        figures = self.task_losses(params)
+        metrics, rows = self.label.evaluate(self.decoder(params))
+        for task, values in metrics.items():
+            figures.update({f"{task}/{k}": v for k, v in values.items()})
+        accuracies = [v["accuracy"] for v in metrics.values() if "accuracy" in v]
+        if accuracies:
+            figures["accuracy"] = float(np.mean(accuracies))
+        return figures, rows
+
+    def decoder(self, params) -> BatchDecoder:
+        max_length = self.tasks[losses.LABEL][1]["targets"]
+        return BatchDecoder(self.trainer.config, params, self.trainer.mesh, max_length)

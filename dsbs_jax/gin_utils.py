@@ -8,6 +8,7 @@ wheel holds no `gin/`: `$DSBS_GIN_DIR` names a copy (launch/tpu_vm.sh sets it).
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -161,6 +162,29 @@ def run_configured(
 _GIN_CALL_NOTE = "\n  In call to configurable"
 
 
+def bound_arguments(selector: str, names: Sequence[str]) -> dict[str, Any]:
+    """What gin would call the configurable `selector` with, for `names` only: the bound
+    values resolved (the others' references are not called), the rest their defaults. A
+    tool reads another program's configuration so, without importing the program.
+    KeyError if nothing configures `selector`."""
+    configurable = gin.config._REGISTRY.get_match(selector)
+    if configurable is None:
+        raise KeyError(selector)
+    bound = gin.get_bindings(selector, resolve_references=False)
+    defaults = inspect.signature(configurable.wrapped).parameters
+    values = {}
+    for name in names:
+        try:
+            values[name] = copy.deepcopy(bound[name]) if name in bound else defaults[name].default
+        except cli.UsageError as error:  # a configurable's own check, without gin's note
+            raise ConfigError(str(error).split(_GIN_CALL_NOTE)[0]) from None
+        except (ValueError, TypeError) as error:  # deepcopy is how gin resolves a reference
+            raise ConfigError(f"{selector}.{name}: {error}") from None
+        if values[name] is gin.REQUIRED:
+            raise ConfigError(f"no value for {name}: bind it (gin/runs/train.gin's macros)")
+    return values
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), prog: str = "") -> None:
     """Parse gin files (paths relative to the cwd or to `gin/`) then override bindings.
 
@@ -250,6 +274,9 @@ def _closest_configurables(message: str) -> str:
         name, names = match[1], _configurable_names()
     elif match := _UNKNOWN_PARAMETER.search(message):
         name, names = match[2], {p: p for p in _parameter_names(match[1])}
+        elsewhere = _configurables_with(name)  # a setting of another configurable
+        if elsewhere:
+            return f"did you mean {', '.join(elsewhere)}?"
     else:
         return ""
     close: list[str] = []  # the closest name of each configurable
@@ -268,6 +295,16 @@ def _configurable_names() -> dict[str, str]:
             parts = selector.split(".")
             names.update({".".join(parts[i:]): selector for i in range(len(parts))})
     return names
+
+
+def _configurables_with(parameter: str) -> list[str]:
+    """`Class.parameter` for each registered configurable that has `parameter` (a run's
+    settings moved from `train` into `Data`, `Schedule`, ...: `train.pack` is `Data.pack`)."""
+    return sorted(
+        f"{selector.split('.')[-1]}.{parameter}"
+        for selector, _ in gin.config._REGISTRY.items()
+        if not selector.startswith("gin.") and parameter in _parameter_names(selector)
+    )
 
 
 def _parameter_names(selector: str) -> set[str]:

@@ -173,7 +173,7 @@ class _Delegate(config_parser.ParserDelegate):
 
 def gin_bindings(config_text: str) -> dict[str, Any]:
     """The bindings of a gin config (`gin.operative_config_str()`) as nested dicts, which
-    W&B shows as `train_script.train.batch_size`; macros are resolved, references are text.
+    W&B shows as `settings.Data.batch_size`; macros are resolved, references are text.
     A config gin cannot parse back is kept whole, as `gin_config`."""
     try:
         statements = list(config_parser.ConfigParser(config_text, _Delegate()))

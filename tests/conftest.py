@@ -47,7 +47,7 @@ def shared_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tfds_data_dir(shared_dir, tmp_path_factory) -> pathlib.Path:
     """Every dataset built once from ../shared/datasets (and the synthetic one), by dsbs-prepare."""
-    from dsbs_jax import prepare
+    from dsbs_jax.programs import prepare
 
     data_dir = tmp_path_factory.mktemp("tfds")
     manual_dir = shared_dir / "datasets"

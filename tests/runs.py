@@ -39,7 +39,7 @@ def flags(model_dir: Path, data_dir: Path, steps: int, *extra: str) -> list[str]
         "--gin.BATCH_SIZE=8",
         "--gin.EVAL_PERIOD=1000",
         "--gin.train.log_period=1",
-        "--gin.train.eval_examples=16",
+        "--gin.Evaluation.examples=16",
         "--gin.train.final_eval_splits=['validation']",
         *TINY_MODEL,
         *extra,

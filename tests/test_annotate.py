@@ -19,10 +19,11 @@ from flax.core import meta
 from openai_server import FAULTS, MODEL, FakeOpenAI, synthetic_run_flags
 from tiny import tiny_config
 
-from dsbs_jax import annotate, checkpoints
+from dsbs_jax import checkpoints
 from dsbs_jax.data import metrics, release, synthetic
 from dsbs_jax.data.annotations import annotations_file, manifest_file, release_output
 from dsbs_jax.models import T5
+from dsbs_jax.programs import annotate
 from dsbs_jax.teacher import annotating, prompts, voting
 from dsbs_jax.teacher.seq2seq import Seq2SeqTeacher
 
@@ -516,7 +517,7 @@ def test_the_release_layout_builds_with_the_builder_and_trains_a_step(
     teacher label parses and is right, and dsbs-train takes a step on its tasks."""
     import gin
     import tasks
-    from dsbs_jax import prepare, train
+    from dsbs_jax.programs import prepare, train
 
     source = shared_dir / "datasets" / "svamp"
     rows = {split: read_jsonl(source / f"svamp_{split}.json") for split in ("train", "test")}
@@ -565,7 +566,7 @@ def test_the_release_layout_builds_with_the_builder_and_trains_a_step(
                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'label': 32, 'rationale': 32}",
                 "--gin.TRAIN_STEPS=1",
                 "--gin.BATCH_SIZE=8",
-                "--gin.train.eval_examples=8",
+                "--gin.Evaluation.examples=8",
                 "--gin.train.final_eval_splits=['validation']",
                 "--gin.train.allow_truncation=True",
             ]

@@ -8,8 +8,8 @@ import json
 import pytest
 from openai_server import MODEL, FakeOpenAI
 
-from dsbs_jax import annotate
 from dsbs_jax.data import synthetic, teacher_outputs
+from dsbs_jax.programs import annotate
 from dsbs_jax.teacher import auto_prompt, prompts
 
 # Three kinds of question, told apart by their words only.

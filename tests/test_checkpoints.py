@@ -13,8 +13,8 @@ from reference import assert_logits_close, hf_logits, make_hf_t5, random_batch, 
 from t5x_layout import write_zarr_copy
 
 from dsbs_jax import checkpoints
-from dsbs_jax.convert import main as convert_main
 from dsbs_jax.models import T5
+from dsbs_jax.programs.convert import main as convert_main
 
 # The test's own T5X -> HF naming, written independently of dsbs_jax.checkpoints.
 _T5X_TO_HF = [

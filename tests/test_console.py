@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import runs
 
-from dsbs_jax import prepare, progress
-from dsbs_jax.train import VALIDATION
+from dsbs_jax import progress
+from dsbs_jax.programs import prepare
+from dsbs_jax.programs.train import VALIDATION
 from dsbs_jax.writers import read_scalars
 
 BIN = Path(sys.executable).parent

@@ -12,9 +12,10 @@ from PIL import Image
 from rouge_score import rouge_scorer
 from tiny import tiny_config
 
-from dsbs_jax import checkpoints, decoding, eval, files, inference, partitioning, report
+from dsbs_jax import checkpoints, decoding, files, inference, partitioning
 from dsbs_jax.evaluation import decode_by_length
 from dsbs_jax.models import T5
+from dsbs_jax.programs import eval, report
 from dsbs_jax.writers import read_scalars
 
 LABEL, RATIONALE = "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale"

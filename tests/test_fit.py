@@ -10,7 +10,7 @@ import pytest
 import runs
 
 from dsbs_jax import hardware
-from dsbs_jax.fit import out_of_memory
+from dsbs_jax.programs.fit import out_of_memory
 
 TPU = pytest.mark.skipif(
     not hardware.libtpu_installed(), reason="compiling for TPU slices needs the tpu extra"

@@ -121,6 +121,9 @@ def test_unknown_macros_are_errors_with_suggestions():
         ("trian.log_period=1", r"No configurable matching 'trian'(.|\n)*did you mean train\?"),
         ("train.log_perod=1", r"parameter named 'log_perod'(.|\n)*did you mean log_period"),
         ("train.optimizer=@optimizers.adafactr()", r"did you mean optimizers.adafactor"),
+        # A run's setting bound where it was before it moved into its dataclass.
+        ("train.pack=False", r"parameter named 'pack'(.|\n)*did you mean Data.pack\?"),
+        ("train.keep_best=2", r"did you mean Schedule.keep_best\?"),
     ],
 )
 def test_unknown_configurables_and_parameters_name_the_closest(binding, message):
@@ -133,7 +136,7 @@ def test_unknown_configurables_and_parameters_name_the_closest(binding, message)
     [
         (["runs/quickstart.gin"], ["TRAIN_STEPS=5", "train.log_period=1", "T5Config.emb_dim=16"]),
         (["runs/train.gin"], ["MODEL_CONFIG=None"]),  # used by train.gin, defined by a model's
-        (["runs/quickstart.gin"], ["MY_SEED=3", "train.seed=%MY_SEED"]),  # used on the line
+        (["runs/quickstart.gin"], ["MY_SEED=3", "Data.seed=%MY_SEED"]),  # used on the line
         (
             ["runs/paper/paper.gin", "runs/paper/dataset/cqa.gin", "runs/paper/size/base.gin"],
             ["BASE_CHECKPOINT='/t5'", "INPUT_LENGTH=256", "SEED=1"],  # from included files

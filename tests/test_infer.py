@@ -14,9 +14,10 @@ import pytest
 from flax.core import meta
 from tiny import tiny_config
 
-from dsbs_jax import checkpoints, decoding, infer, progress
+from dsbs_jax import checkpoints, decoding, progress
 from dsbs_jax.models import T5
 from dsbs_jax.prefixes import LABEL_PREFIX, RATIONALE_PREFIX
+from dsbs_jax.programs import infer
 
 TEXTS = [
     "If Ann has 3 apples and buys 4 more, how many apples does she have?",
@@ -274,7 +275,9 @@ def test_long_inputs_are_counted_then_cut_or_refused(
 
 
 def test_import_needs_no_tensorflow():
-    code = "import dsbs_jax.infer, sys; assert 'tensorflow' not in sys.modules, 'tensorflow'"
+    code = (
+        "import dsbs_jax.programs.infer, sys; assert 'tensorflow' not in sys.modules, 'tensorflow'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -14,11 +14,11 @@ import tensorflow_datasets as tfds
 from openai_server import MODEL, FakeOpenAI
 
 import gin
-from dsbs_jax import annotate, eval, prepare, train
 from dsbs_jax.data import builders, datasets, release, teacher_outputs
 from dsbs_jax.data.builders.jsonl import make_builder
 from dsbs_jax.data.jsonl_dataset import JsonlLayout, read_dataset
 from dsbs_jax.gin_utils import ConfigError
+from dsbs_jax.programs import annotate, eval, prepare, train
 from dsbs_jax.teacher import annotating
 from tasks import registry
 from tasks.jsonl import jsonl_dataset

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import runs
 
-from dsbs_jax import checkpoints, files, train
+from dsbs_jax import checkpoints, files
+from dsbs_jax.programs import train
 from dsbs_jax.writers import read_scalars
 
 STEPS, RESTART = 12, 6
@@ -42,7 +43,7 @@ def _kd_flags(teacher: Path, *extra: str) -> list[str]:
         "--gin.KD_TEMPERATURE=2.0",
         # The teacher is wider: the hidden term trains projections, saved with the student.
         "--gin.HIDDEN_WEIGHT=0.1",
-        "--gin.train.hidden_layers=[('encoder:-1', 'encoder:-1'), ('decoder:0', 'decoder:-1')]",
+        "--gin.Teacher.hidden_layers=[('encoder:-1', 'encoder:-1'), ('decoder:0', 'decoder:-1')]",
         f"--gin.optimizers.adamw.total_steps={STEPS}",
         "--gin.CHECKPOINT_PERIOD=1000",
         runs.NO_FINAL_EVAL,
@@ -116,7 +117,7 @@ def test_two_processes_with_a_teacher_match_one_process_of_two_devices(
     teacher, tmp_path, tfds_data_dir
 ):
     steps = 3
-    flags = [*_kd_flags(teacher), "--gin.train.data_shards=2"]
+    flags = [*_kd_flags(teacher), "--gin.Data.shards=2"]
     single = tmp_path / "single"
     runs.run(runs.flags(single, tfds_data_dir, steps, *flags), devices=2)
     multi = tmp_path / "multi"
@@ -163,12 +164,12 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_training(
         ),
         (
             ["--gin.TEACHER_CHECKPOINT_PATH='{teacher}'", "--gin.HIDDEN_WEIGHT=0.5"]
-            + ["--gin.train.hidden_layers=[('decoder:-1', 'decoder:7')]"],
+            + ["--gin.Teacher.hidden_layers=[('decoder:-1', 'decoder:7')]"],
             "hidden layer 'decoder:7': the teacher's decoder has layers 0 to 0 (or -1 to -1)",
         ),
         (
             ["--gin.TEACHER_CHECKPOINT_PATH='{teacher}'", "--gin.KD_WEIGHT=0.5"]
-            + ["--gin.train.kd_direction='sideways'"],
+            + ["--gin.Teacher.kd_direction='sideways'"],
             "sideways",
         ),
         (

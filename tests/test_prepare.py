@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from dsbs_jax import prepare
+from dsbs_jax.programs import prepare
 
 
 def table_rows(output: str) -> dict[tuple[str, str], list[str]]:

@@ -1,5 +1,7 @@
-"""The model presets in gin/models/, and the core's promise to import without TensorFlow."""
+"""The model presets in gin/models/, the core's promise to import without TensorFlow, and the
+programs' former module names."""
 
+import importlib
 import subprocess
 import sys
 
@@ -36,3 +38,24 @@ def test_core_imports_without_tensorflow():
         "dsbs_jax.convert; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PROGRAMS = ("train", "eval", "infer", "annotate", "convert", "prepare", "report", "fit")
+
+
+def test_the_programs_former_names_are_the_programs():
+    """`from dsbs_jax import train` (users' gin files and scripts) is `dsbs_jax.programs.train`,
+    and a gin file that imports it so binds the same `train()`."""
+    for name in PROGRAMS:
+        former = importlib.import_module(f"dsbs_jax.{name}")
+        assert former is importlib.import_module(f"dsbs_jax.programs.{name}"), name
+    gin.clear_config()
+    gin.parse_config(
+        "from __gin__ import dynamic_registration\n"
+        "from dsbs_jax import train as old_name\n"
+        "old_name.train.log_period = 7\n"
+    )
+    from dsbs_jax.programs import train
+
+    assert gin.get_bindings(train.train)["log_period"] == 7
+    gin.clear_config()

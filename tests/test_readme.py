@@ -17,7 +17,7 @@ import pytest
 import runs
 from rouge_score import rouge_scorer
 
-from dsbs_jax import report
+from dsbs_jax.programs import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # README's table of docs pages, in its order: the order their commands run in.
@@ -240,7 +240,8 @@ def binary_argv(command: str) -> list[str]:
 @pytest.mark.parametrize("command", SH_COMMANDS)
 def test_cluster_commands_parse(command):
     import gin
-    from dsbs_jax import annotate, gin_utils
+    from dsbs_jax import gin_utils
+    from dsbs_jax.programs import annotate
 
     binary, *argv = binary_argv(command)
     if binary == "dsbs-annotate":  # plain flags

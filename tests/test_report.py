@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from matplotlib.colors import same_color
 
-from dsbs_jax import report, results, writers
+from dsbs_jax import results, writers
+from dsbs_jax.programs import report
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL, RATIONALE = "dsbs_synthetic_label_llm", "dsbs_synthetic_rationale"

@@ -16,9 +16,10 @@ import sentencepiece
 from flax.core import meta
 from tiny import tiny_config
 
-from dsbs_jax import annotate, checkpoints, decoding, losses, optimizers, partitioning
+from dsbs_jax import checkpoints, decoding, losses, optimizers, partitioning
 from dsbs_jax.data import release
 from dsbs_jax.models import T5
+from dsbs_jax.programs import annotate
 from dsbs_jax.teacher.prompts import load_prompt
 from dsbs_jax.teacher.seq2seq import Seq2SeqTeacher
 from dsbs_jax.tokenizer import Tokenizer, pack

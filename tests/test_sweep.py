@@ -373,7 +373,7 @@ def test_a_two_run_grid_runs_locally_is_reported_and_resumes(tfds_data_dir, tmp_
         f"--gin.DATA_DIR='{tfds_data_dir}'",
         "--gin.TRAIN_STEPS=4",
         "--gin.BATCH_SIZE=8",
-        "--gin.train.eval_examples=16",
+        "--gin.Evaluation.examples=16",
         *runs.TINY_MODEL,
     ]
     sweep_run = subprocess.run(

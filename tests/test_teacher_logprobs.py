@@ -7,8 +7,8 @@ import json
 import pytest
 from openai_server import FakeOpenAI, synthetic_run_flags
 
-from dsbs_jax import annotate
 from dsbs_jax.data import synthetic, teacher_outputs
+from dsbs_jax.programs import annotate
 from dsbs_jax.teacher import confidence
 
 SURE, UNSURE = -0.05, -1.5

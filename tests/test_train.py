@@ -13,7 +13,9 @@ import pytest
 import runs
 
 import gin
-from dsbs_jax import checkpoints, run_tasks, train
+from dsbs_jax import checkpoints, run_tasks
+from dsbs_jax.data import training_split
+from dsbs_jax.programs import train
 from dsbs_jax.writers import read_scalars
 
 
@@ -149,7 +151,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_as_preempted(uninterrupted, tmp_pa
 
 MESH_STEPS = 4
 # Every mesh run reads the data as two shards, as two hosts do.
-MESH_FLAGS = ["--gin.train.data_shards=2", "--gin.CHECKPOINT_PERIOD=2", runs.NO_FINAL_EVAL]
+MESH_FLAGS = ["--gin.Data.shards=2", "--gin.CHECKPOINT_PERIOD=2", runs.NO_FINAL_EVAL]
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +227,10 @@ def _main(tmp_path, tfds_data_dir, *extra) -> int:
     [
         (["--gin.train.not_an_argument=1"], "not_an_argument"),
         (
-            ["--gin.BATCH_SIZE=6", "--gin.train.pack=False"],
+            ["--gin.BATCH_SIZE=6", "--gin.Data.pack=False"],
             "BATCH_SIZE 6 must be a multiple of the data axis (4 devices)",
         ),
-        (["--gin.BATCH_SIZE=7", "--gin.train.data_shards=2"], "divide BATCH_SIZE 7"),
+        (["--gin.BATCH_SIZE=7", "--gin.Data.shards=2"], "divide BATCH_SIZE 7"),
         (
             ["--gin.TASK_FEATURE_LENGTHS={'inputs': 20, 'label': 8, 'rationale': 144}"],
             "raise TASK_FEATURE_LENGTHS['inputs']",
@@ -269,7 +271,7 @@ def test_hosts_read_disjoint_shards_that_make_up_the_global_batch(registered_tas
     )
 
     def first_batch(hosts: int, index: int) -> dict:
-        batches = train.host_batches(
+        batches = training_split.host_batches(
             tasks, 8, 0, 2, consumed=[0, 0], pack=False, group=(hosts, index)
         )
         return next(batches)[0]
@@ -329,7 +331,7 @@ def test_a_mixture_trains_and_each_of_its_tasks_is_evaluated(
         "--gin.T5Config.vocab_size=2200",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'label': 8}",
         "--gin.train.allow_truncation=True",
-        "--gin.train.pack=True",
+        "--gin.Data.pack=True",
     ]
     assert _main(tmp_path, tfds_data_dir, *mixture) == 0
     validation = {

@@ -177,6 +177,6 @@ def test_training_logs_to_wandb_and_a_resumed_run_continues_it(offline, tmp_path
         assert last["validation/accuracy"] == pytest.approx(accuracy[steps[-1]])
         assert "validation/loss/label" in last
     # The config is the run's gin bindings: the second run's own.
-    assert first["config"]["train_script"]["train"]["train_steps"] == 3
-    assert second["config"]["train_script"]["train"]["train_steps"] == 5
+    assert first["config"]["settings"]["Schedule"]["train_steps"] == 3
+    assert second["config"]["settings"]["Schedule"]["train_steps"] == 5
     assert second["config"]["train_script"]["train"]["wandb_project"] == "dsbs-test"
