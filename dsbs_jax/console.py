@@ -97,10 +97,16 @@ def _stderr_closed() -> Iterator[None]:
         os.close(saved)
 
 
+def quietly() -> contextlib.AbstractContextManager:
+    """A block whose native load-time lines are dropped (unless verbose): one that may load
+    TensorFlow or XLA, as parsing a gin file that imports another program's module does."""
+    return contextlib.nullcontext() if verbose() else _stderr_closed()
+
+
 def quiet_import(name: str) -> types.ModuleType:
     """Import a module that loads TensorFlow or XLA without their load-time lines (unless
     verbose). An import that fails raises after stderr is back, so its traceback shows."""
-    with contextlib.nullcontext() if verbose() else _stderr_closed():
+    with quietly():
         module = importlib.import_module(name)
         if "tensorflow_datasets" in sys.modules:  # it loads TensorFlow at its first dataset
             importlib.import_module("tensorflow")

@@ -38,9 +38,10 @@ def _required(settings: Any, macros: Mapping[str, str]) -> None:
 @dataclasses.dataclass(frozen=True)
 class Data:
     """What a step trains on: the tasks of `mode` (`label_task`, and `rationale_task` in
-    dsbs mode) blended by `alpha`, at `task_feature_lengths`, `batch_size` examples of the
-    training subsample (`train_fraction`, drawn with `seed`, which also shuffles, packs and
-    initialises). `pack` packs each step's examples into rows (padding each to the lengths
+    dsbs mode) blended by `alpha`, at `task_feature_lengths`, `batch_size` examples per
+    step. `train_fraction` and `seed` are those `tasks.register` drew the training
+    subsample with (recorded for `dsbs-report`); `seed` also shuffles, packs and
+    initialises. `pack` packs each step's examples into rows (padding each to the lengths
     otherwise); the split is read as `shards` shards (None: one per group of hosts that
     read their own rows)."""
 

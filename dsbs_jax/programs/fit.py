@@ -360,8 +360,9 @@ def check(flags: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args, bindings = gin_utils.parse_flags(flags, argv)
     _prepare_backends(args)
     description, devices, capacity, platform = target(args)
-    try:
-        gin_utils.parse(args.gin_file, bindings + accelerator_dtype(args, bindings), prog=PROG)
+    try:  # dsbs-train's gin files import its module, which loads TensorFlow
+        with console.quietly():
+            gin_utils.parse(args.gin_file, bindings + accelerator_dtype(args, bindings), PROG)
     except (ValueError, FileNotFoundError) as error:  # gin's unknown names; missing files
         raise ConfigError(str(error)) from None
     trainer, batch, described = build(devices)
