@@ -17,12 +17,12 @@ import tensorflow as tf
 
 from dsbs_jax import losses, partitioning
 from dsbs_jax.data import packing
+from dsbs_jax.data.pairing import Lengths
 from dsbs_jax.inference import BatchDecoder
 from dsbs_jax.progress import Counter
 from dsbs_jax.trainer import Trainer
 
 Decode = Callable[[np.ndarray], np.ndarray]
-Lengths = Mapping[str, int]
 VALIDATION = "validation"
 
 

@@ -155,11 +155,16 @@ def run_configured(
         raise ConfigError(str(error)) from None
     try:
         return gin.get_configurable(function)()
-    except cli.UsageError as error:  # without the line gin adds ("In call to configurable")
-        raise ConfigError(str(error).split(_GIN_CALL_NOTE)[0]) from None
+    except cli.UsageError as error:
+        raise _without_gin_note(error) from None
 
 
 _GIN_CALL_NOTE = "\n  In call to configurable"
+
+
+def _without_gin_note(error: Exception) -> ConfigError:
+    """A configurable's own error, without the line gin adds ("In call to configurable")."""
+    return ConfigError(str(error).split(_GIN_CALL_NOTE)[0])
 
 
 def bound_arguments(selector: str, names: Sequence[str]) -> dict[str, Any]:
@@ -176,8 +181,8 @@ def bound_arguments(selector: str, names: Sequence[str]) -> dict[str, Any]:
     for name in names:
         try:
             values[name] = copy.deepcopy(bound[name]) if name in bound else defaults[name].default
-        except cli.UsageError as error:  # a configurable's own check, without gin's note
-            raise ConfigError(str(error).split(_GIN_CALL_NOTE)[0]) from None
+        except cli.UsageError as error:  # a configurable's own check
+            raise _without_gin_note(error) from None
         except (ValueError, TypeError) as error:  # deepcopy is how gin resolves a reference
             raise ConfigError(f"{selector}.{name}: {error}") from None
         if values[name] is gin.REQUIRED:

@@ -21,8 +21,6 @@ from dsbs_jax.distill import Distillation
 from dsbs_jax.gin_utils import ConfigError
 from dsbs_jax.models import T5Config
 
-Lengths = Mapping[str, int]
-
 
 def _required(settings: Any, macros: Mapping[str, str]) -> None:
     """A field gin left REQUIRED: name the macro (or binding) that sets it."""
@@ -48,7 +46,7 @@ class Data:
     mode: str = gin.REQUIRED
     label_task: str = gin.REQUIRED
     rationale_task: str | None = None
-    task_feature_lengths: Lengths = gin.REQUIRED
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED  # not pairing.Lengths: no TF
     batch_size: int = gin.REQUIRED
     alpha: float = 0.5
     train_fraction: float = 1.0

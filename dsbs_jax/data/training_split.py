@@ -19,6 +19,7 @@ from dsbs_jax import partitioning
 from dsbs_jax.data import packing
 from dsbs_jax.data.pairing import (
     EXAMPLE_HASH,
+    Lengths,
     independent_batches,
     packed_paired_batches,
     paired_batches,
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 TRAIN = "train"
 LENGTH_SCAN_EXAMPLES = 2000
 # A task of a run: its SeqIO name and its feature lengths ('inputs', 'targets').
-Tasks = Mapping[str, tuple[str, Mapping[str, int]]]
+Tasks = Mapping[str, tuple[str, Lengths]]
 
 
 def _token_counts(dataset: tf.data.Dataset, features: Sequence[str]) -> dict | None:
