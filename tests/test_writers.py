@@ -89,7 +89,12 @@ def _read_run(path: Path) -> dict:
 
 
 def _runs(model_dir: Path) -> list[dict]:
-    """Each start's offline run in MODEL_DIR/wandb, oldest first."""
+    """Each start's offline run in MODEL_DIR/wandb, oldest first, once W&B's service has
+    shut down: `finish()` can return before the service has flushed the run's log (as at
+    a process's exit, `teardown` waits for it)."""
+    import wandb
+
+    wandb.teardown()
     logs = sorted((model_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     return [_read_run(path) for path in logs]
 
