@@ -29,7 +29,10 @@ passes, loss 0.5 * predict + 0.5 * explain, `backward()`, `clip_grad_norm_(1.0)`
 (`get_linear_schedule_with_warmup(opt, 0, steps)`): what HF's Trainer does with those
 arguments. float32, the paper grid's dropout on both sides (0.1, as the reference keeps
 Hugging Face's T5 v1.1 configs' rate), denormals flushed, 2 torch threads. `--steps` steps
-are timed after `--warmup` steps, collation included (as it is in a real run). Positions
+are timed after `--warmup` steps, collation included (as it is in a real run), and as many
+again after our run: the machine's speed drifts between the two sides' turns (on a shared
+host, by a third within minutes), and the reference timed on both sides of ours weighs the
+drift on both. Its figure is its examples over the seconds of both stretches. Positions
 computed per example: the padded batch shape of both halves, encoder and decoder.
 
 Our side: `python -m dsbs_jax.train` in a subprocess, with the paper grid's gin files for
@@ -114,9 +117,31 @@ class Example:
 
 @dataclasses.dataclass(frozen=True)
 class Throughput:
-    examples_per_second: float
-    positions_per_example: float
-    tokens_per_second: float  # non-padding input and target tokens
+    """Timed steps' totals."""
+
+    examples: float
+    seconds: float
+    positions: float  # token positions computed, padding included
+    tokens: float  # non-padding input and target tokens
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds
+
+    @property
+    def positions_per_example(self) -> float:
+        return self.positions / self.examples
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+    def __add__(self, other: Throughput) -> Throughput:
+        return Throughput(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
+
+
+def _fields(throughput: Throughput) -> tuple[float, ...]:
+    return dataclasses.astuple(throughput)
 
 
 # -------------------------------------------------------------------------------------------
@@ -276,44 +301,61 @@ def shuffled_batches(
             yield [features[i] for i in order[start : start + batch]]
 
 
-def reference_throughput(
-    model: transformers.T5ForConditionalGeneration,
-    tokenizer: transformers.PreTrainedTokenizerBase,
-    features: Sequence[Features],
-    args: argparse.Namespace,
-) -> Throughput:
-    """Train `--warmup` then `--steps` timed steps as the reference's Trainer would."""
-    import torch
-    import transformers
+class ReferenceRun:
+    """The reference's training loop, as its Trainer runs it, in stretches of steps: timed
+    before and after ours, so that the machine's speed drifting between the two sides'
+    turns shows, and weighs on both."""
 
-    total = args.warmup + args.steps
-    collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
-    schedule = transformers.get_linear_schedule_with_warmup(optimizer, 0, total)
-    batches = shuffled_batches(features, args.batch, args.seed)
-    positions, tokens = 0, 0
-    model.train()
-    for step in range(total):
-        began = time.perf_counter()
-        if step == args.warmup:
-            start = began
-        rows = next(batches)
-        batch = {half: collator([row[half] for row in rows]) for half in HALVES}
-        loss = ALPHA * model(**batch["pred"]).loss + (1 - ALPHA) * model(**batch["expl"]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        seconds = time.perf_counter() - began
-        log(f"reference step {step + 1}/{total}: loss {loss.item():.4f}, {seconds:.2f} s")
-        if step >= args.warmup:
-            for half in batch.values():
-                positions += half["input_ids"].numel() + half["labels"].numel()
-                tokens += int(half["attention_mask"].sum() + (half["labels"] != -100).sum())
-    seconds = time.perf_counter() - start
-    examples = args.steps * args.batch
-    return Throughput(examples / seconds, positions / examples, tokens / seconds)
+    def __init__(
+        self,
+        model: transformers.T5ForConditionalGeneration,
+        tokenizer: transformers.PreTrainedTokenizerBase,
+        features: Sequence[Features],
+        args: argparse.Namespace,
+    ):
+        import torch
+        import transformers
+
+        self.model, self.batch_size = model, args.batch
+        self.collator = transformers.DataCollatorForSeq2Seq(tokenizer, model=model)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+        total = args.warmup + 2 * args.steps
+        self.schedule = transformers.get_linear_schedule_with_warmup(self.optimizer, 0, total)
+        self.batches = shuffled_batches(features, args.batch, args.seed)
+        self.step = 0
+        model.train()
+
+    def train(self, steps: int, warmup: int = 0) -> Throughput:
+        """`warmup` untimed steps, then `steps` timed ones."""
+        import torch
+
+        timed = Throughput(0, 0.0, 0, 0)
+        for index in range(warmup + steps):
+            began = time.perf_counter()
+            rows = next(self.batches)
+            batch = {half: self.collator([row[half] for row in rows]) for half in HALVES}
+            predict, explain = (self.model(**batch[half]).loss for half in HALVES)
+            loss = ALPHA * predict + (1 - ALPHA) * explain
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+            self.optimizer.step()
+            self.schedule.step()
+            self.optimizer.zero_grad()
+            seconds = time.perf_counter() - began
+            self.step += 1
+            log(f"reference step {self.step}: loss {loss.item():.4f}, {seconds:.2f} s")
+            if index >= warmup:
+                halves = batch.values()
+                timed += Throughput(
+                    self.batch_size,
+                    seconds,
+                    sum(half["input_ids"].numel() + half["labels"].numel() for half in halves),
+                    sum(
+                        int(half["attention_mask"].sum() + (half["labels"] != -100).sum())
+                        for half in halves
+                    ),
+                )
+        return timed
 
 
 # -------------------------------------------------------------------------------------------
@@ -367,13 +409,17 @@ def our_throughput(model_dir: pathlib.Path, args: argparse.Namespace) -> Through
         raise SystemExit(
             f"our run logged steps {sorted(rates)}; expected 1 to {args.warmup + args.steps}"
         )
-    seconds = {step: scalars[EXAMPLES_PER_STEP][step] / rates[step] for step in timed}
-    total = sum(seconds.values())
-    return Throughput(
-        sum(scalars[EXAMPLES_PER_STEP][step] for step in timed) / total,
-        float(np.mean([scalars[POSITIONS][step] for step in timed])),
-        sum(scalars[TOKENS_PER_SECOND][step] * seconds[step] for step in timed) / total,
-    )
+    total = Throughput(0, 0.0, 0, 0)
+    for step in timed:
+        examples = scalars[EXAMPLES_PER_STEP][step]
+        seconds = examples / rates[step]
+        total += Throughput(
+            examples,
+            seconds,
+            scalars[POSITIONS][step] * examples,
+            scalars[TOKENS_PER_SECOND][step] * seconds,
+        )
+    return total
 
 
 def run_ours(command: Sequence[str]) -> None:
@@ -443,20 +489,24 @@ def main() -> None:
         checkpoints.save_hf(checkpoint, config.model, params)
         del params
         log(f"reference: {args.warmup} + {args.steps} steps of batch {args.batch}")
-        reference = reference_throughput(model, tokenizer, features, args)
-        del model  # its memory back before ours starts
+        reference = ReferenceRun(model, tokenizer, features, args)
+        before = reference.train(args.steps, args.warmup)
 
         model_dir = directory / "model"
         command = our_command(args, model_dir, data_dir, vocabulary, checkpoint)
         run_ours(command)
         ours = our_throughput(model_dir, args)
+        log(f"reference: {args.steps} more steps, after ours")
+        after = reference.train(args.steps)
+    reference = before + after
     log(
         f"non-padding tokens/s: ours {ours.tokens_per_second:.0f}, "
         f"reference {reference.tokens_per_second:.0f}"
     )
     print(
         f"peer {args.dataset} batch={args.batch} model=t5_1_1_{SIZE} dtype={config.model.dtype} "
-        f"cpus={cpu_cores()} | ours {figures(ours)} | reference {figures(reference)} | "
+        f"cpus={cpu_cores()} | ours {figures(ours)} | reference {figures(reference)}, "
+        f"{before.examples_per_second:.2f} before ours and {after.examples_per_second:.2f} after | "
         f"ours/reference {ours.examples_per_second / reference.examples_per_second:.2f}x"
     )
 

@@ -42,6 +42,15 @@ def grid_lengths() -> dict[str, int]:
     return lengths
 
 
+def cqa_sides(manual_dir: pathlib.Path, directory: pathlib.Path):
+    """CQA's grid lengths, its dsbs tasks at them (registered over a stand-in vocabulary
+    built in `directory`), and their training examples' token lengths (`check_lengths`')."""
+    lengths = grid_lengths()
+    register_cqa(manual_dir, directory)
+    sides = run_tasks.task_lengths("dsbs", "dsbs_cqa_label_gt", "dsbs_cqa_rationale", lengths)
+    return lengths, sides, training_split.check_lengths(sides, allow_truncation=False)
+
+
 def positions(validation: evaluation.Validation) -> int:
     return sum(
         batch["encoder_input_tokens"].size + batch["decoder_target_tokens"].size
@@ -57,11 +66,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="timed passes of each")
     parser.add_argument("--manual_dir", type=pathlib.Path, default=ROOT.parent / "shared/datasets")
     args = parser.parse_args()
-    lengths = grid_lengths()
     with tempfile.TemporaryDirectory() as directory:
-        register_cqa(args.manual_dir, pathlib.Path(directory))
-        sides = run_tasks.task_lengths("dsbs", "dsbs_cqa_label_gt", "dsbs_cqa_rationale", lengths)
-        scanned = training_split.check_lengths(sides, allow_truncation=False)
+        lengths, sides, scanned = cqa_sides(args.manual_dir, pathlib.Path(directory))
         config = SIZES[args.size]
         mesh = partitioning.make_mesh()
         weights = {"label": 0.5, "rationale": 0.5}
