@@ -137,11 +137,8 @@ class Throughput:
         return self.tokens / self.seconds
 
     def __add__(self, other: Throughput) -> Throughput:
-        return Throughput(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
-
-
-def _fields(throughput: Throughput) -> tuple[float, ...]:
-    return dataclasses.astuple(throughput)
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return Throughput(*(a + b for a, b in pairs))
 
 
 # -------------------------------------------------------------------------------------------
