@@ -71,10 +71,9 @@ def combined_steps(examples: Iterator[dict], shape: packing.RowShape) -> Iterato
     """Per step, the `(row, segment)` placements and the example count: each example's label
     and rationale segments placed first-fit in one set of rows, the step ending at the first
     example whose segments do not both fit."""
-    pending = None
+    pending, limits = None, np.array([shape.inputs, shape.targets])
     while True:
         used = np.zeros((shape.rows, 2), np.int64)
-        limits = np.array([shape.inputs, shape.targets])
         placed, count = [], 0
         while True:
             pending = pending or next(examples)
@@ -123,7 +122,9 @@ def combined_layout(scanned: dict[str, np.ndarray], rows: int, examples: int) ->
     )
 
 
-def planned_layout(sides, scanned: dict[str, np.ndarray], examples: int) -> Layout:
+def planned_layout(
+    sides: training_split.Tasks, scanned: dict[str, np.ndarray], examples: int
+) -> Layout:
     """What `dsbs-train` runs: each task's rows as `training_split.plan_packing` sizes them."""
     shapes = training_split.plan_packing(sides, scanned, examples, 1, 0)
     count = mean_count(packing.pack_steps(blank_examples(scanned, 0), shapes))
