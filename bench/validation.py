@@ -42,7 +42,9 @@ def grid_lengths() -> dict[str, int]:
     return lengths
 
 
-def cqa_sides(manual_dir: pathlib.Path, directory: pathlib.Path):
+def cqa_sides(
+    manual_dir: pathlib.Path, directory: pathlib.Path
+) -> tuple[dict[str, int], training_split.Tasks, dict[str, np.ndarray]]:
     """CQA's grid lengths, its dsbs tasks at them (registered over a stand-in vocabulary
     built in `directory`), and their training examples' token lengths (`check_lengths`')."""
     lengths = grid_lengths()
